@@ -1,0 +1,48 @@
+"""Primary-worker election: exactly one worker runs the singleton services, every worker serves HTTP.
+
+Start with ``election.py`` (the loop every worker runs), then the lock it campaigns for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import Settings, load_settings
+from .base import Holder, LockError, PrimaryLock
+from .election import Election, SingletonService
+from .file_lock import FileLock
+
+__all__ = [
+    "Election",
+    "Holder",
+    "LockError",
+    "PrimaryLock",
+    "SingletonService",
+    "is_primary_worker",
+    "make_lock",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def make_lock(settings: Settings) -> PrimaryLock:
+    """The primary lock chosen when this project was generated."""
+    return FileLock(settings.lock_path)
+
+
+async def is_primary_worker(settings: Settings | None = None) -> tuple[bool, PrimaryLock | None]:
+    """One attempt, right now, at the primary lock (the original guide's API).
+
+    Returns ``(True, lock)`` when this process now holds the lock (call ``await lock.release()`` when
+    done) and ``(False, None)`` otherwise. Unlike the election it never retries, so a process that
+    loses stays secondary; the service itself uses ``Election``. When the lock cannot even be
+    attempted the answer is ``False``: a broken lock must never make everybody primary.
+    """
+    lock = make_lock(settings or load_settings())
+    try:
+        if await lock.try_acquire():
+            return True, lock
+    except LockError as exc:
+        logger.error("Primary lock unavailable, answering not primary: %s", exc)
+    await lock.close()
+    return False, None

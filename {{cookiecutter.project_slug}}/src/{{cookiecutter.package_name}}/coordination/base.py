@@ -1,0 +1,84 @@
+"""What every primary lock offers the election, whichever backend holds it.
+
+The election (``election.py``) only talks to this interface, so the campaign, promotion, demotion and
+health reporting are the same code for the file lock and the Redis lock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+
+class LockError(Exception):
+    """The lock could not even be attempted (bad path, permissions, unreachable server).
+
+    The message names the cause and the fix; the election logs it, stays standby and retries.
+    A lock that is merely held by another worker is not an error.
+    """
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the primary lock, as written by the holder for humans and the status command."""
+
+    pid: int
+    host: str
+    since: str
+    epoch: int
+
+    @classmethod
+    def me(cls, epoch: int) -> Holder:
+        """Describe this process as the new holder."""
+        return cls(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            since=datetime.now(UTC).isoformat(timespec="seconds"),
+            epoch=epoch,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"pid={self.pid} host={self.host} since={self.since} epoch={self.epoch}"
+
+
+class PrimaryLock(Protocol):
+    """The primary lock of one lock scope (one lock file, or one Redis key).
+
+    Every method that can fail for a reason other than "someone else holds it" raises LockError.
+    """
+
+    backend: str
+    """Short name of the backend, reported by ``/health/worker``."""
+
+    location: str
+    """Where the lock lives, for messages: the lock file's path, or the Redis URL (no password) and key."""
+
+    epoch: int
+    """Fencing token of the current (or last) acquisition by this worker; 0 before the first one."""
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if it is free right now; never waits for another holder."""
+
+    async def acquire(self) -> None:
+        """Wait until this worker holds the lock."""
+
+    async def hold(self) -> None:
+        """Keep the lock (renew or verify it) and return as soon as it is lost."""
+
+    def is_held(self) -> bool:
+        """Whether this worker still holds the lock by its own reckoning, without any I/O."""
+
+    async def release(self) -> None:
+        """Give the lock up if this worker holds it; never touches another worker's lock."""
+
+    async def read_holder(self) -> Holder | None:
+        """Who holds the lock now (any worker, or a command-line tool), or None if nobody does."""
+
+    async def close(self) -> None:
+        """Free the resources (connections, threads) of this lock object."""
