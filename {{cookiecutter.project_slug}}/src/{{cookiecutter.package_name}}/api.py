@@ -94,7 +94,12 @@ def configure_logging(level: str) -> None:
         package_logger.propagate = False
 
 
+WORKER_CANNOT_START = 3
+"""Exit status that uvicorn and gunicorn both read as "this worker can never start": they stop the
+whole server instead of restarting the worker forever."""
+
 try:
     app = create_app()
 except ConfigError as exc:
-    sys.exit(f"ERROR: {exc}")
+    print(f"ERROR: {exc}", file=sys.stderr)
+    sys.exit(WORKER_CANNOT_START)

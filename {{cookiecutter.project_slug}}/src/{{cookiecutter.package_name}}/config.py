@@ -44,4 +44,5 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
-        raise ConfigError(f"invalid setting {name}={error.get('input')!r}: {error['msg']}") from None
+        reason = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}={error.get('input')!r}: {reason}") from None

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return 2
+        return 1
     if args.command == "status":
         return asyncio.run(show_status(settings))
     if args.workers < 2:

@@ -107,7 +107,9 @@ class FileLock:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LockError(f"cannot create the lock directory {directory}: {exc.strerror}; {fix}") from exc
+            raise LockError(
+                f"cannot create the lock directory {directory} for {self.path}: {exc.strerror}; {fix}"
+            ) from exc
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags, 0o600)

@@ -1,0 +1,31 @@
+"""Variants of the service for tests that need to slow down or watch the primary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from {{ cookiecutter.package_name }}.api import create_app
+
+
+def slow_exit_app() -> FastAPI:
+    """The service, but every worker lingers ``SLOW_EXIT_SECONDS`` in shutdown before its election stops.
+
+    That is a primary still finishing long in-flight requests: it holds the lock while the server's
+    new workers are already up and campaigning.
+    """
+    app = create_app()
+    service_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service_lifespan(app):
+            yield
+            await asyncio.sleep(float(os.environ.get("SLOW_EXIT_SECONDS", "3")))
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -1,0 +1,244 @@
+"""Fixtures that run the service the way production does: a real server with real worker processes.
+
+Nothing here is mocked. Tests start uvicorn or gunicorn on a free port with a private lock file,
+read the workers' log lines as they are written, and poll with deadlines (never fixed sleeps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gunicorn.config import KNOWN_SETTINGS
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+PROJECT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ROLE_LINE = re.compile(r"Worker (?:startup|role change): pid=(\d+), primary=(True|False)")
+DEADLINE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie waiting to be reaped counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True  # no /proc (not Linux): trust kill(0)
+    return state != "Z"
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def service_env(lock_path: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a server under test: the package importable, a private lock, fast retries."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LOCK_", "REDIS_"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(PROJECT / "src"), str(TESTS), env.get("PYTHONPATH", "")]),
+        PYTHONUNBUFFERED="1",
+        LOCK_PATH=str(lock_path),
+        LOCK_RETRY_SECONDS="0.2",
+    )
+    env.update(overrides)
+    return env
+
+
+class Server:
+    """A server master process (own process group) and the role changes its workers log."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, workers: int) -> None:
+        self.port = port
+        self.workers = workers
+        self.lines: list[str] = []
+        self.events: list[tuple[int, bool]] = []  # (pid, primary) in the order they were logged
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            argv,
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read_output, daemon=True).start()
+
+    def _read_output(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                match = ROLE_LINE.search(line)
+                if match:
+                    self.events.append((int(match[1]), match[2] == "True"))
+
+    # -- what the log tells --------------------------------------------------------------------
+
+    def worker_pids(self) -> set[int]:
+        with self._changed:
+            return {pid for pid, _ in self.events}
+
+    def live_workers(self) -> set[int]:
+        return {pid for pid in self.worker_pids() if is_alive(pid)}
+
+    def primaries(self) -> set[int]:
+        """Live workers whose latest logged role is primary."""
+        with self._changed:
+            latest = dict(self.events)
+        return {pid for pid, primary in latest.items() if primary and is_alive(pid)}
+
+    def wait_for_primary(self, timeout: float = DEADLINE, *, among: set[int] | None = None) -> int:
+        """Wait until exactly one live worker (optionally: one of ``among``) is primary; return it."""
+
+        def single_primary() -> int | None:
+            primaries = self.primaries()
+            if len(primaries) == 1 and (among is None or primaries <= among):
+                return next(iter(primaries))
+            return None
+
+        pid: int = wait_until(single_primary, "exactly one primary", timeout)
+        return pid
+
+    def wait_until_started(self, timeout: float = DEADLINE) -> set[int]:
+        """Wait until ``workers`` live workers have logged their start-up and HTTP answers."""
+        wait_until(lambda: len(self.live_workers()) >= self.workers, f"{self.workers} workers", timeout)
+        wait_until(self._answers, "the server to answer /health", timeout)
+        return self.live_workers()
+
+    def _answers(self) -> bool:
+        try:
+            return self.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_for_log(self, pattern: str, timeout: float = DEADLINE) -> str:
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            with self._changed:
+                return next((line for line in self.lines if regex.search(line)), None)
+
+        line: str = wait_until(found, f"a log line matching {pattern!r}", timeout)
+        return line
+
+    def note_killed(self, pid: int) -> None:
+        """Record that the test killed ``pid``: it stopped being anything at this point of the log."""
+        with self._changed:
+            self.events.append((pid, False))
+
+    def assert_never_two_primaries(self) -> None:
+        """Replay the logged role changes: no worker may become primary while another still is.
+
+        Demotion is logged before the lock is released and promotion after it is acquired, so the
+        order of lines in the shared log pipe is the order of the real events.
+        """
+        with self._changed:
+            events = list(self.events)
+        current: set[int] = set()
+        for pid, primary in events:
+            if primary:
+                assert not current - {pid}, f"pid {pid} became primary while {current} still was"
+                current.add(pid)
+            else:
+                current.discard(pid)
+
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    # -- talking to it ---------------------------------------------------------------------------
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = DEADLINE) -> int:
+        """Graceful stop (SIGTERM to the master); anything left is killed with its process group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def uvicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.api:app") -> list[str]:
+    argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    return [*argv, "--workers", str(workers), *extra]
+
+
+def gunicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.api:app") -> list[str]:
+    argv = [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}"]
+    argv += ["--worker-class", "uvicorn_worker.UvicornWorker", "--graceful-timeout", "20"]
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        argv.append("--no-control-socket")  # gunicorn >= 25 opens one per user by default
+    return [*argv, "--workers", str(workers), *extra]
+
+
+@pytest.fixture
+def lock_path(tmp_path: Path) -> Path:
+    return tmp_path / "primary.lock"
+
+
+@pytest.fixture
+def start_server(lock_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start a server: ``start_server("uvicorn", workers=4, extra=[...], env={...})``."""
+    servers: list[Server] = []
+
+    def start(
+        kind: str = "uvicorn",
+        *,
+        workers: int = 4,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        app: str = f"{PACKAGE}.api:app",
+        wait: bool = True,
+    ) -> Server:
+        port = free_port()
+        build = uvicorn_argv if kind == "uvicorn" else gunicorn_argv
+        server = Server(
+            build(port, workers, *extra, app=app), service_env(lock_path, **(env or {})), port, workers
+        )
+        servers.append(server)
+        if wait:
+            server.wait_until_started()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

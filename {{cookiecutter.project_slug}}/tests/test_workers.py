@@ -1,0 +1,107 @@
+"""One primary among real worker processes, and live failover (uvicorn and gunicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }}.coordination.file_lock import FileLock, parse_lock_file
+
+from conftest import Server, is_alive, wait_until
+
+SERVERS = [
+    pytest.param("uvicorn", (), id="uvicorn"),
+    pytest.param("gunicorn", (), id="gunicorn"),
+    pytest.param("gunicorn", ("--preload",), id="gunicorn-preload"),
+]
+
+
+def lock_file_pid(lock_path: Path) -> int | None:
+    holder = parse_lock_file(lock_path.read_text())
+    return holder.pid if holder else None
+
+
+@pytest.mark.parametrize(("kind", "extra"), SERVERS)
+def test_four_workers_elect_exactly_one_primary(
+    start_server: Callable[..., Server], lock_path: Path, kind: str, extra: tuple[str, ...]
+) -> None:
+    server = start_server(kind, workers=4, extra=extra)
+    workers = server.wait_until_started()
+    primary = server.wait_for_primary()
+
+    assert len(workers) == 4
+    assert lock_file_pid(lock_path) == primary  # `cat LOCK_PATH` shows the primary's PID first
+    # Every worker, whichever answers, agrees on who holds the lock.
+    answers = [server.get("/health/worker").json() for _ in range(40)]
+    assert {answer["holder"]["pid"] for answer in answers} == {primary}
+    for answer in answers:
+        assert answer["role"] == ("primary" if answer["pid"] == primary else "standby")
+        assert answer["backend"] == "file"
+        assert answer["lock_error"] is None
+        assert answer["epoch"] >= 1
+    server.assert_never_two_primaries()
+
+
+@pytest.mark.parametrize(("kind", "extra"), SERVERS)
+def test_standby_takes_over_after_kill_9_before_any_restart(
+    start_server: Callable[..., Server], kind: str, extra: tuple[str, ...]
+) -> None:
+    server = start_server(kind, workers=4, extra=extra)
+    standbys = server.wait_until_started()
+    primary = server.wait_for_primary()
+    standbys.discard(primary)
+
+    os.kill(primary, signal.SIGKILL)
+    server.note_killed(primary)
+
+    # The new primary is one of the workers that were already running: a standby that kept
+    # campaigning, not the replacement the server starts for the dead worker.
+    new_primary = server.wait_for_primary(timeout=10, among=standbys)
+    assert new_primary != primary
+    server.assert_never_two_primaries()
+
+
+def slow_exit_app(kind: str) -> dict[str, object]:
+    """Server arguments for ``apps.slow_exit_app``, a factory (uvicorn ``--factory``, gunicorn ``()``)."""
+    if kind == "uvicorn":
+        return {"app": "apps:slow_exit_app", "extra": ("--factory",)}
+    return {"app": "apps:slow_exit_app()"}
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize("slow_exit", [False, True], ids=["plain", "slow-primary"])
+def test_graceful_reload_ends_with_exactly_one_primary(
+    start_server: Callable[..., Server], kind: str, slow_exit: bool
+) -> None:
+    options = slow_exit_app(kind) if slow_exit else {}
+    server = start_server(kind, workers=4, env={"SLOW_EXIT_SECONDS": "2"}, **options)
+    old_workers = server.wait_until_started()
+    old_primary = server.wait_for_primary()
+
+    server.signal(signal.SIGHUP)
+
+    # The reload is over when every old worker has exited and four new ones are up.
+    wait_until(lambda: not any(is_alive(pid) for pid in old_workers), "the old workers to exit", 60)
+    wait_until(lambda: len(server.live_workers()) == 4, "four new workers")
+    new_primary = server.wait_for_primary(among=server.live_workers())
+    assert new_primary != old_primary
+    assert new_primary not in old_workers
+    server.assert_never_two_primaries()
+
+
+def test_sigterm_stops_cleanly_and_releases_the_lock(
+    start_server: Callable[..., Server], lock_path: Path
+) -> None:
+    server = start_server("uvicorn", workers=2)
+    server.wait_for_primary()
+
+    assert server.stop() == 0
+
+    assert asyncio.run(FileLock(lock_path).read_holder()) is None  # nobody holds it any more
+    assert lock_path.exists()  # and the file stays: it is never unlinked
+    server.assert_never_two_primaries()
