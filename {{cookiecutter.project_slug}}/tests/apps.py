@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.api import create_app
+from {{ cookiecutter.package_name }}.coordination import Election
+from {{ cookiecutter.package_name }}.services import SINGLETON_SERVICES
+
+logger = logging.getLogger("{{ cookiecutter.package_name }}.tests")
 
 
 def slow_exit_app() -> FastAPI:
@@ -29,3 +34,17 @@ def slow_exit_app() -> FastAPI:
 
     app.router.lifespan_context = lifespan
     return app
+
+
+async def tick(election: Election) -> None:
+    """A singleton that does observable work: one log line every 50 ms, while it is primary."""
+    while True:
+        await asyncio.sleep(0.05)
+        if election.is_primary:  # the check every singleton makes right before a side effect
+            logger.info("Singleton tick: pid=%d", os.getpid())
+
+
+def ticking_app() -> FastAPI:
+    """The service with the ``tick`` singleton registered beside the others."""
+    SINGLETON_SERVICES.append(tick)
+    return create_app()

@@ -6,73 +6,68 @@ read the workers' log lines as they are written, and poll with deadlines (never 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+{%- if cookiecutter.lock_backend == "redis" %}
+import uuid
+{%- endif %}
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from gunicorn.config import KNOWN_SETTINGS
 
+from {{ cookiecutter.package_name }}.config import Settings
+from {{ cookiecutter.package_name }}.coordination import Holder, make_lock
+
+{% if cookiecutter.lock_backend == "redis" -%}
+from redis_server import RedisServer
+{% endif -%}
+from support import DEADLINE, free_port, is_alive, wait_until
+
 PACKAGE = "{{ cookiecutter.package_name }}"
 PROJECT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 ROLE_LINE = re.compile(r"Worker (?:startup|role change): pid=(\d+), primary=(True|False)")
-DEADLINE = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie waiting to be reaped counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return True  # no /proc (not Linux): trust kill(0)
-    return state != "Z"
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def service_env(lock_path: Path, **overrides: str) -> dict[str, str]:
+def service_env(lock_env: dict[str, str], **overrides: str) -> dict[str, str]:
     """The environment of a server under test: the package importable, a private lock, fast retries."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOCK_", "REDIS_"))}
     env.update(
         PYTHONPATH=os.pathsep.join([str(PROJECT / "src"), str(TESTS), env.get("PYTHONPATH", "")]),
         PYTHONUNBUFFERED="1",
-        LOCK_PATH=str(lock_path),
         LOCK_RETRY_SECONDS="0.2",
     )
+    env.update(lock_env)
     env.update(overrides)
     return env
+
+
+def settings_from(lock_env: dict[str, str]) -> Settings:
+    """The settings a server started with ``lock_env`` uses (ignoring this process's environment)."""
+    return Settings.model_validate({key.lower(): value for key, value in lock_env.items()})
+
+
+def current_holder(lock_env: dict[str, str]) -> Holder | None:
+    """Who holds the lock of ``lock_env`` now, asked the way the status command asks."""
+
+    async def read() -> Holder | None:
+        lock = make_lock(settings_from(lock_env))
+        try:
+            return await lock.read_holder()
+        finally:
+            await lock.close()
+
+    return asyncio.run(read())
 
 
 class Server:
@@ -83,6 +78,7 @@ class Server:
         self.workers = workers
         self.lines: list[str] = []
         self.events: list[tuple[int, bool]] = []  # (pid, primary) in the order they were logged
+        self.event_times: list[float] = []  # when the test read each event (time.monotonic)
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
             argv,
@@ -103,6 +99,7 @@ class Server:
                 match = ROLE_LINE.search(line)
                 if match:
                     self.events.append((int(match[1]), match[2] == "True"))
+                    self.event_times.append(time.monotonic())
 
     # -- what the log tells --------------------------------------------------------------------
 
@@ -157,6 +154,15 @@ class Server:
         """Record that the test killed ``pid``: it stopped being anything at this point of the log."""
         with self._changed:
             self.events.append((pid, False))
+            self.event_times.append(time.monotonic())
+
+    def event_time(self, pid: int, primary: bool) -> float:
+        """When the test read the latest event of ``pid`` becoming primary (or standby)."""
+        with self._changed:
+            pairs = zip(self.events, self.event_times, strict=True)
+            times = [seen for event, seen in pairs if event == (pid, primary)]
+        assert times, f"no event: pid={pid} primary={primary}"
+        return times[-1]
 
     def assert_never_two_primaries(self) -> None:
         """Replay the logged role changes: no worker may become primary while another still is.
@@ -210,13 +216,35 @@ def gunicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.a
     return [*argv, "--workers", str(workers), *extra]
 
 
-@pytest.fixture
-def lock_path(tmp_path: Path) -> Path:
-    return tmp_path / "primary.lock"
+{%- if cookiecutter.lock_backend == "file" %}
 
 
 @pytest.fixture
-def start_server(lock_path: Path) -> Iterator[Callable[..., Server]]:
+def lock_env(tmp_path: Path) -> dict[str, str]:
+    """The lock scope of one test: a private lock file."""
+    return {"LOCK_PATH": str(tmp_path / "primary.lock")}
+{%- else %}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis server of the tests' own, on a free port (never one that happens to be running)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lock_env(redis_server: RedisServer) -> dict[str, str]:
+    """The lock scope of one test: a private key prefix on the tests' Redis server, a short ttl."""
+    redis_server.ensure_running()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    return {"REDIS_URL": redis_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
+{%- endif %}
+
+
+@pytest.fixture
+def start_server(lock_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     """Start a server: ``start_server("uvicorn", workers=4, extra=[...], env={...})``."""
     servers: list[Server] = []
 
@@ -232,7 +260,7 @@ def start_server(lock_path: Path) -> Iterator[Callable[..., Server]]:
         port = free_port()
         build = uvicorn_argv if kind == "uvicorn" else gunicorn_argv
         server = Server(
-            build(port, workers, *extra, app=app), service_env(lock_path, **(env or {})), port, workers
+            build(port, workers, *extra, app=app), service_env(lock_env, **(env or {})), port, workers
         )
         servers.append(server)
         if wait:
@@ -242,3 +270,5 @@ def start_server(lock_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop()
+        # pytest shows what a test printed when it fails: the server's whole log.
+        print(f"--- output of the server on port {server.port} ---\n{server.output()}")

@@ -11,78 +11,91 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.package_name }}.config import SECRET_SETTINGS, Settings
+from {{ cookiecutter.package_name }}.coordination import make_lock
+
 from conftest import (
     PACKAGE,
     PROJECT,
     Server,
-    free_port,
+    current_holder,
     gunicorn_argv,
     service_env,
+    settings_from,
     uvicorn_argv,
-    wait_until,
 )
+from support import free_port, wait_until
 
 
-def run_command(lock_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_command(lock_env: dict[str, str], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", f"{PACKAGE}.coordination", *args],
         cwd=PROJECT,
-        env=service_env(lock_path, **env),
+        env=service_env(lock_env, **env),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
     )
 
 
+def location(lock_env: dict[str, str]) -> str:
+    return make_lock(settings_from(lock_env)).location
+
+
 def test_status_names_the_primary_while_the_service_runs(
-    start_server: Callable[..., Server], lock_path: Path
+    start_server: Callable[..., Server], lock_env: dict[str, str]
 ) -> None:
     server = start_server("uvicorn", workers=3)
     primary = server.wait_for_primary()
 
-    result = run_command(lock_path, "status")
+    result = run_command(lock_env, "status")
 
     assert result.returncode == 0, result.stderr
     assert f"primary: pid={primary} " in result.stdout
-    assert str(lock_path) in result.stdout
+    assert location(lock_env) in result.stdout
 
     server.stop()
-    result = run_command(lock_path, "status")
+    result = run_command(lock_env, "status")
     assert result.returncode == 1
-    assert "no primary" in result.stderr
+    assert f"no primary: nobody holds the {location(lock_env)}" in result.stderr
 
 
-def test_status_without_any_lock_file_exits_1(lock_path: Path) -> None:
-    result = run_command(lock_path, "status")
+def test_status_before_any_worker_ran_exits_1(lock_env: dict[str, str]) -> None:
+    result = run_command(lock_env, "status")
     assert result.returncode == 1
-    assert f"no primary: nobody holds the lock file {lock_path}" in result.stderr
+    assert f"no primary: nobody holds the {location(lock_env)}" in result.stderr
 
 
-def test_demo_prints_one_primary_and_a_failover(lock_path: Path) -> None:
-    result = run_command(lock_path, "demo", "--workers", "4")
+def test_demo_prints_one_primary_and_a_failover(lock_env: dict[str, str]) -> None:
+    result = run_command(lock_env, "demo", "--workers", "4")
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert sum("I am PRIMARY" in line for line in lines) == 1
     assert sum("I am SECONDARY" in line for line in lines) == 3
     assert "took over in" in lines[-1]
-    assert not lock_path.exists()  # the demo uses a lock of its own, never the service's
+    assert current_holder(lock_env) is None  # the demo uses a lock of its own, never the service's
+
+
+BAD_SETTINGS = [
+    ("LOCK_RETRY_SECONDS", "soon", "valid number"),
+    ("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+    ("LOCK_PATH", "relative/primary.lock", "must be an absolute path"),
+    ("REDIS_URL", "http://localhost:6379", "must be a redis://, rediss:// or unix:// URL"),
+    ("LOCK_TTL_SECONDS", "0.5", "greater than or equal to 1"),
+]
 
 
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
-    [
-        ("LOCK_PATH", "relative/primary.lock", "must be an absolute path"),
-        ("LOCK_RETRY_SECONDS", "soon", "valid number"),
-        ("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
-    ],
+    [case for case in BAD_SETTINGS if case[0].lower() in Settings.model_fields],  # this backend's
 )
 def test_bad_setting_stops_the_server_with_one_clear_line(
-    lock_path: Path, kind: str, variable: str, value: str, message: str
+    lock_env: dict[str, str], kind: str, variable: str, value: str, message: str
 ) -> None:
     argv = (uvicorn_argv if kind == "uvicorn" else gunicorn_argv)(free_port(), 2)
-    env = service_env(lock_path, **{variable: value})
+    env = service_env(lock_env, **{variable: value})
 
     # The server stops by itself (a timeout here means it restarts the broken worker forever).
     result = subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
@@ -91,7 +104,8 @@ def test_bad_setting_stops_the_server_with_one_clear_line(
         assert result.returncode != 0  # gunicorn: "worker failed to boot"; uvicorn's parent exits 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: invalid setting")]
     assert errors, result.stderr
-    assert all(f"{variable}={value!r}" in line and message in line for line in errors)
+    shown = "<hidden>" if variable in SECRET_SETTINGS else repr(value)  # a URL may carry a password
+    assert all(f"{variable}={shown}" in line and message in line for line in errors)
     assert "ValidationError" not in result.stderr  # one line, not pydantic's multi-line report
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.coordination.file_lock import FileLock, parse_lock_file
+from conftest import Server, current_holder
+from support import is_alive, wait_until
 
-from conftest import Server, is_alive, wait_until
+BACKEND = "{{ cookiecutter.lock_backend }}"
 
 SERVERS = [
     pytest.param("uvicorn", (), id="uvicorn"),
@@ -21,27 +20,23 @@ SERVERS = [
 ]
 
 
-def lock_file_pid(lock_path: Path) -> int | None:
-    holder = parse_lock_file(lock_path.read_text())
-    return holder.pid if holder else None
-
-
 @pytest.mark.parametrize(("kind", "extra"), SERVERS)
 def test_four_workers_elect_exactly_one_primary(
-    start_server: Callable[..., Server], lock_path: Path, kind: str, extra: tuple[str, ...]
+    start_server: Callable[..., Server], lock_env: dict[str, str], kind: str, extra: tuple[str, ...]
 ) -> None:
     server = start_server(kind, workers=4, extra=extra)
     workers = server.wait_until_started()
     primary = server.wait_for_primary()
 
     assert len(workers) == 4
-    assert lock_file_pid(lock_path) == primary  # `cat LOCK_PATH` shows the primary's PID first
+    holder = current_holder(lock_env)
+    assert holder is not None and holder.pid == primary
     # Every worker, whichever answers, agrees on who holds the lock.
     answers = [server.get("/health/worker").json() for _ in range(40)]
     assert {answer["holder"]["pid"] for answer in answers} == {primary}
     for answer in answers:
         assert answer["role"] == ("primary" if answer["pid"] == primary else "standby")
-        assert answer["backend"] == "file"
+        assert answer["backend"] == BACKEND
         assert answer["lock_error"] is None
         assert answer["epoch"] >= 1
     server.assert_never_two_primaries()
@@ -59,9 +54,10 @@ def test_standby_takes_over_after_kill_9_before_any_restart(
     os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
 
-    # The new primary is one of the workers that were already running: a standby that kept
-    # campaigning, not the replacement the server starts for the dead worker.
-    new_primary = server.wait_for_primary(timeout=10, among=standbys)
+    # File lock: the new primary is one of the workers that were already running, a standby that
+    # kept campaigning, not the replacement the server starts for the dead worker. Redis: the dead
+    # worker's lease must expire first (ttl 3 s + retry), so the replacement may win as well.
+    new_primary = server.wait_for_primary(timeout=10, among=standbys if BACKEND == "file" else None)
     assert new_primary != primary
     server.assert_never_two_primaries()
 
@@ -94,14 +90,16 @@ def test_graceful_reload_ends_with_exactly_one_primary(
     server.assert_never_two_primaries()
 
 
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
 def test_sigterm_stops_cleanly_and_releases_the_lock(
-    start_server: Callable[..., Server], lock_path: Path
+    start_server: Callable[..., Server], lock_env: dict[str, str], kind: str
 ) -> None:
-    server = start_server("uvicorn", workers=2)
+    server = start_server(kind, workers=3)
     server.wait_for_primary()
 
     assert server.stop() == 0
 
-    assert asyncio.run(FileLock(lock_path).read_holder()) is None  # nobody holds it any more
-    assert lock_path.exists()  # and the file stays: it is never unlinked
+    assert current_holder(lock_env) is None  # released, not left to expire
+    # Stopping standbys do not take the lock on their way out: one handover-free shutdown.
+    assert [primary for _, primary in server.events].count(True) == 1
     server.assert_never_two_primaries()

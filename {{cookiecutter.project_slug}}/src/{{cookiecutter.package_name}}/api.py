@@ -45,7 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await election.stop()  # stops the singleton services, then releases the lock
 
-    app = FastAPI(title={{ cookiecutter.project_name | tojson }}, lifespan=lifespan)
+    app = FastAPI(
+        # The project's display name (double quotes made single, backslashes dropped).
+        {% set title = cookiecutter.project_name | replace('\\', '') | replace('"', "'") | tojson %}title={{ title if title | length <= 90 else cookiecutter.project_slug | tojson }},
+        lifespan=lifespan,
+    )
 
     @app.get("/health")
     async def health() -> dict[str, str]:

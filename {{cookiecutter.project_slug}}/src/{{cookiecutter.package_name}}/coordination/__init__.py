@@ -10,7 +10,11 @@ import logging
 from ..config import Settings, load_settings
 from .base import Holder, LockError, PrimaryLock
 from .election import Election, SingletonService
+{%- if cookiecutter.lock_backend == "file" %}
 from .file_lock import FileLock
+{%- else %}
+from .redis_lock import RedisLock
+{%- endif %}
 
 __all__ = [
     "Election",
@@ -27,7 +31,16 @@ logger = logging.getLogger(__name__)
 
 def make_lock(settings: Settings) -> PrimaryLock:
     """The primary lock chosen when this project was generated."""
+{%- if cookiecutter.lock_backend == "file" %}
     return FileLock(settings.lock_path)
+{%- else %}
+    return RedisLock(
+        settings.redis_url,
+        settings.lock_key_prefix,
+        ttl=settings.lock_ttl_seconds,
+        retry_seconds=settings.lock_retry_seconds,
+    )
+{%- endif %}
 
 
 async def is_primary_worker(settings: Settings | None = None) -> tuple[bool, PrimaryLock | None]:

@@ -38,7 +38,9 @@ def _compete(index: int, settings: Settings, reports: Queue[tuple[int, int, str]
 
 def run_demo(settings: Settings, workers: int) -> int:
     with tempfile.TemporaryDirectory(prefix="election-demo-") as scratch:
-        update: dict[str, object] = {"lock_path": Path(scratch) / "demo.lock"}
+        update: dict[str, object] = {}
+        if hasattr(settings, "lock_path"):
+            update["lock_path"] = Path(scratch) / "demo.lock"
         if hasattr(settings, "lock_key_prefix"):
             update["lock_key_prefix"] = f"{settings.lock_key_prefix}-demo"
         demo_settings = settings.model_copy(update=update)

@@ -32,7 +32,7 @@ SingletonService = Callable[["Election"], Awaitable[None]]
 """An async function run on the primary only. A one-off task returns; a long-running one runs until
 it is cancelled, which happens when the worker is demoted or shuts down."""
 
-MAX_RETRY_SECONDS = 30.0
+MAX_RETRY_SECONDS = 10.0
 """Upper bound of the back-off between attempts while the lock backend keeps failing."""
 SERVICE_STOP_SECONDS = 5.0
 """How long a cancelled singleton service may take to finish before the lock is released anyway."""
@@ -132,6 +132,9 @@ class Election:
                         self._lock_usable()  # reachable, merely held by someone else: wait for it
                         await self.lock.acquire()
                     self._lock_usable()
+                    if self._retiring:  # told to stop while it was waiting: not worth a promotion
+                        await self.lock.release()
+                        return
                     self._promote(announce=True)
                 await self.lock.hold()  # returns once the lock is lost
             except LockError as exc:

@@ -1,25 +1,76 @@
-"""A broken or tampered lock file never yields two primaries, never crashes a server, and says why."""
+"""The file lock: what the lock file says, and why a broken or tampered lock file never yields two
+primaries, never crashes a server, and always says what is wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.coordination.file_lock import parse_lock_file
+from {{ cookiecutter.package_name }}.config import Settings
+from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker
+from {{ cookiecutter.package_name }}.coordination.file_lock import FileLock, parse_lock_file
 
-from conftest import Server, wait_until
+from conftest import Server
+from support import wait_until
+
+
+@pytest.fixture
+def lock_path(lock_env: dict[str, str]) -> Path:
+    return Path(lock_env["LOCK_PATH"])
 
 
 def lock_file_pid(lock_path: Path) -> int | None:
     holder = parse_lock_file(lock_path.read_text()) if lock_path.exists() else None
     return holder.pid if holder else None
+
+
+def test_lock_file_shows_the_primary_pid_first(start_server: Callable[..., Server], lock_path: Path) -> None:
+    server = start_server("uvicorn", workers=2)
+    primary = server.wait_for_primary()
+
+    first_line, *details = lock_path.read_text().splitlines()
+
+    assert first_line == str(primary)  # `cat LOCK_PATH` shows the PID, as the original guide promised
+    assert {line.split("=", 1)[0] for line in details} == {"host", "since", "epoch"}
+    server.stop()
+    assert lock_path.exists()  # never unlinked: unlinking would let two workers lock two inodes
+
+
+def test_election_start_never_raises_and_recovers_when_the_path_is_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = tmp_path / "primary.lock"
+    link.symlink_to(tmp_path / "target.lock")
+
+    async def scenario() -> None:
+        election = Election(FileLock(link), retry_seconds=0.05)
+        await election.start()
+        assert not election.is_primary
+        assert election.lock_error is not None and "symbolic link" in election.lock_error
+        # The one-shot API fails closed too: a lock that cannot be attempted makes nobody primary.
+        assert await is_primary_worker(Settings(lock_path=link)) == (False, None)
+        link.unlink()
+        deadline = time.monotonic() + 10
+        while not election.is_primary and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert election.is_primary and election.lock_error is None
+        await election.stop()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(scenario())
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 2  # one from the election (not one per retry), one from the one-shot API
+    assert "Primary lock is usable again" in caplog.text
 
 
 def test_deleted_lock_file_is_recreated_by_the_same_primary(

@@ -1,0 +1,35 @@
+"""Remove the files that belong to options not chosen.
+
+Cookiecutter renders this file with Jinja, then runs it inside the generated project directory, after
+``pre_gen_project.py`` has validated the answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# JSON-encoded twice, so that no answer can become code (see pre_gen_project.py).
+ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
+PACKAGE = ANSWERS["package_name"]
+
+# The files only one lock backend needs, relative to the project directory. When adding a backend,
+# list its own files here (and an empty list for a backend that has none).
+BACKEND_ONLY_FILES = {
+    "redis": [
+        f"src/{PACKAGE}/coordination/redis_lock.py",
+        "tests/redis_server.py",
+        "tests/test_redis_lock.py",
+    ],
+    "file": [
+        f"src/{PACKAGE}/coordination/file_lock.py",
+        "tests/test_file_lock.py",
+    ],
+}
+
+if __name__ == "__main__":
+    project = Path.cwd()
+    for backend, paths in BACKEND_ONLY_FILES.items():
+        if backend != ANSWERS["lock_backend"]:
+            for path in paths:
+                (project / path).unlink(missing_ok=True)

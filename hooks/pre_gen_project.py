@@ -1,0 +1,97 @@
+"""Check the answers before cookiecutter writes any file of the project.
+
+Cookiecutter renders this file with Jinja, then runs it inside the (still empty) project directory. A
+bad answer stops the bake with exactly one line on stderr, ``ERROR: <what is wrong>; <what to type
+instead>``, and exit status 1; cookiecutter then removes the project directory it had created.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import sys
+
+ALLOWED_BACKENDS = {"file", "redis"}
+PYTHON_VERSIONS = {"3.11", "3.12", "3.13"}
+MAX_NAME_LENGTH = 40  # longer names push generated lines past the line-length limit
+
+# The answers are JSON-encoded twice: the inner `tojson` makes JSON text of them, the outer one makes
+# that text a double-quoted string literal whose only escapes are \" \\ and \uXXXX (all ASCII). Python
+# reads it as plain data, so no answer (quotes, triple quotes, backslashes, braces) can become code.
+ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
+
+SLUG = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+EMAIL = re.compile(r"[^@\s\"'<>,;\\]+@[^@\s\"'<>,;\\]+\.[^@\s\"'<>,;\\]+")
+UNSAFE_IN_PATH = re.compile(r"[\s\"'`\\]")
+
+
+def suggest_slug(slug: str) -> str:
+    """A valid slug close to what was typed, for the error message."""
+    candidate = re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-").lstrip("0123456789-")
+    return candidate if SLUG.fullmatch(candidate) else "my-service"
+
+
+def suggest_package(name: str) -> str:
+    """A valid package name close to what was typed, for the error message."""
+    candidate = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_").lstrip("0123456789_")
+    if keyword.iskeyword(candidate):
+        candidate += "_service"
+    return candidate if candidate.isidentifier() and candidate.isascii() else "my_service"
+
+
+def problem(answers: dict[str, object]) -> str | None:
+    """The first wrong answer as ``<what is wrong>; <what to type instead>``, or None if all are fine."""
+    slug = str(answers["project_slug"])
+    if not SLUG.fullmatch(slug):
+        return (
+            f"project_slug {slug!r} is not a valid slug (lower-case letters and digits, starting with a "
+            f"letter, words joined by single hyphens); type one like {suggest_slug(slug)!r}"
+        )
+
+    if len(slug) > MAX_NAME_LENGTH:
+        return f"project_slug {slug!r} is longer than {MAX_NAME_LENGTH} characters; type a shorter one"
+
+    package = str(answers["package_name"])
+    if len(package) > MAX_NAME_LENGTH:
+        why = f"is longer than {MAX_NAME_LENGTH} characters"
+    elif not (package.isascii() and package.isidentifier()):
+        why = "is not a valid Python identifier (ASCII letters, digits, underscores)"
+    elif keyword.iskeyword(package):
+        why = "is a Python keyword"
+    elif package != package.lower():
+        why = "is not lower-case"
+    else:
+        why = ""
+    if why:
+        return f"package_name {package!r} {why}; type one like {suggest_package(package)!r}"
+
+    backend = str(answers["lock_backend"])
+    if backend not in ALLOWED_BACKENDS:
+        return f"lock_backend {backend!r} is not supported; type one of: {', '.join(sorted(ALLOWED_BACKENDS))}"
+
+    version = str(answers["python_version"])
+    if version not in PYTHON_VERSIONS:
+        return f"python_version {version!r} is not supported; type one of: {', '.join(sorted(PYTHON_VERSIONS))}"
+
+    email = str(answers["author_email"])
+    if not EMAIL.fullmatch(email):
+        return f"author_email {email!r} is not an e-mail address; type one like 'you@example.com'"
+
+    lock_path = str(answers["lock_path"])
+    example = f"/tmp/{package}_primary_worker.lock"
+    if not lock_path.startswith("/"):
+        return f"lock_path {lock_path!r} is not an absolute path; type one starting with /, like {example!r}"
+    if UNSAFE_IN_PATH.search(lock_path):
+        return (
+            f"lock_path {lock_path!r} contains whitespace, a quote or a backslash; "
+            f"type a path without them, like {example!r}"
+        )
+    return None
+
+
+if __name__ == "__main__":
+    error = problem(ANSWERS)
+    if error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,104 @@
+"""Shared helpers for the template's own tests: bake with pytest-cookies, run tools, render hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cookiecutter.environment import StrictEnvironment
+from cookiecutter.generate import generate_context
+from cookiecutter.prompt import prompt_for_config
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's bin: ruff lives beside the running python
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-cookies takes the template from --template, "." by default: make it work from any cwd.
+    if config.option.template == ".":
+        config.option.template = str(ROOT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rendered_hooks_in_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Cookiecutter writes every rendered hook to a temporary file it never deletes: put those under
+    pytest's own temporary directory (pruned by pytest) instead of leaving them in /tmp."""
+    saved, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("rendered-hooks"))
+    yield
+    tempfile.tempdir = saved
+
+
+def run(cmd: list[str], cwd: Path, *, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command, returning its exit status and its stdout and stderr merged."""
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def check(cmd: list[str], cwd: Path, **env: str) -> None:
+    """Run a command that must succeed; a failure shows the command and its output."""
+    result = run(cmd, cwd, **env)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed in {cwd} ({result.returncode}):\n{result.stdout}"
+
+
+def default_context(**overrides: Any) -> dict[str, Any]:
+    """The answers cookiecutter would use with --no-input, then ``overrides`` set as is (no checks)."""
+    context = dict(prompt_for_config(generate_context(context_file=str(ROOT / "cookiecutter.json")), no_input=True))
+    context.update(overrides)
+    return context
+
+
+def render_hook(name: str, answers: dict[str, Any], dest: Path) -> Path:
+    """Render hooks/<name>.py the way cookiecutter does, into ``dest``; returns the script's path."""
+    template = StrictEnvironment(context={"cookiecutter": answers}, keep_trailing_newline=True).from_string(
+        (ROOT / "hooks" / f"{name}.py").read_text(encoding="utf-8")
+    )
+    script = dest / f"{name}.py"
+    script.write_text(template.render(cookiecutter=answers), encoding="utf-8")
+    return script
+
+
+def backend_only_files(scratch: Path, **answers: Any) -> dict[str, list[str]]:
+    """post_gen_project.py's BACKEND_ONLY_FILES table, rendered with the default answers."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    script = render_hook("post_gen_project", default_context(**answers), scratch)
+    table: dict[str, list[str]] = runpy.run_path(str(script), run_name="table_only")["BACKEND_ONLY_FILES"]
+    return table
+
+
+@pytest.fixture
+def bake(cookies: Any) -> Callable[..., Path]:
+    """Bake with ``extra_context`` (keyword arguments); the bake must succeed. Returns the project dir."""
+
+    def _bake(**extra_context: str) -> Path:
+        result = cookies.bake(extra_context=extra_context)
+        assert result.exception is None, f"bake failed with {extra_context}: {result.exception!r}"
+        assert result.exit_code == 0
+        project: Path = result.project_path
+        assert project.is_dir()
+        return project
+
+    return _bake
+
+
+def template_choices(name: str) -> list[str]:
+    """The choices of a choice variable in cookiecutter.json, the default first."""
+    choices = json.loads((ROOT / "cookiecutter.json").read_text(encoding="utf-8"))[name]
+    assert isinstance(choices, list) and choices
+    return [str(choice) for choice in choices]

@@ -1,0 +1,140 @@
+"""Bake the template with every supported answer combination and check what comes out."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import BIN, backend_only_files, check, run, template_choices
+
+LOCK_BACKENDS = template_choices("lock_backend")  # adding "redis" to cookiecutter.json extends these
+PYTHON_VERSIONS = template_choices("python_version")
+COMBINATIONS = [(backend, version) for backend in LOCK_BACKENDS for version in PYTHON_VERSIONS]
+LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.[A-Za-z_]")
+
+WEIRD_NAME = "Café \"Zürich\" {Ops} 'Alerts'"
+WEIRD_DESCRIPTION = "Says \"hi\" and 'bye' to C:\\ops\\ {x} \"\"\" and ''' too \\"
+WEIRD_AUTHOR = 'Zoë O\'Brien "Z" \\ {z}'
+
+
+def project_files(project: Path) -> list[Path]:
+    files = [path for path in sorted(project.rglob("*")) if path.is_file()]
+    assert files, f"{project} is empty"
+    return files
+
+
+def assert_no_template_leftovers(project: Path) -> None:
+    for path in project_files(project):
+        relative = path.relative_to(project)
+        assert not LEFTOVER.search(str(relative)), f"unrendered template syntax in the name {relative}"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # a binary file
+        for number, line in enumerate(text.splitlines(), 1):
+            assert not LEFTOVER.search(line), f"unrendered template syntax in {relative}:{number}: {line}"
+
+
+def assert_python_compiles(project: Path) -> None:
+    sources = [path for path in project_files(project) if path.suffix == ".py"]
+    assert sources, "no Python file was generated"
+    for path in sources:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)  # raises SyntaxError
+
+
+def assert_ruff_clean(project: Path) -> None:
+    check([str(BIN / "ruff"), "check", "--no-cache", "."], project)
+    check([str(BIN / "ruff"), "format", "--check", "--no-cache", "."], project)
+
+
+def assert_mypy_clean(project: Path) -> None:
+    # Configured by the baked pyproject.toml ([tool.mypy]: strict, its package, the pydantic plugin).
+    check([sys.executable, "-m", "mypy", "--no-incremental"], project)
+
+
+def assert_config_files_parse(project: Path) -> dict[str, Any]:
+    """pyproject.toml is valid TOML, every .yml/.yaml is valid YAML; returns pyproject's content."""
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    yaml_files = [path for path in project_files(project) if path.suffix in {".yml", ".yaml"}]
+    if yaml_files:
+        yaml = pytest.importorskip("yaml")
+        for path in yaml_files:
+            list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    return pyproject
+
+
+@pytest.mark.parametrize(("lock_backend", "python_version"), COMBINATIONS, ids=[f"{b}-py{v}" for b, v in COMBINATIONS])
+def test_every_combination_bakes_clean(
+    bake: Callable[..., Path], tmp_path: Path, lock_backend: str, python_version: str
+) -> None:
+    project = bake(lock_backend=lock_backend, python_version=python_version)
+    package = next((project / "src").iterdir()).name
+    for backend, paths in backend_only_files(tmp_path / "hook", package_name=package).items():
+        for path in paths:
+            if backend != lock_backend:
+                assert not (project / path).exists(), f"{path} belongs to the {backend} backend only"
+    assert_no_template_leftovers(project)
+    assert_python_compiles(project)
+    assert_config_files_parse(project)
+    assert_ruff_clean(project)
+    # mypy takes a few seconds per bake, so it runs on every combination; should it grow slow, run it
+    # for each backend with the default python_version and for each version with the default backend.
+    assert_mypy_clean(project)
+
+
+def test_default_bake_names_the_project_my_service(bake: Callable[..., Path]) -> None:
+    project = bake()
+    assert project.name == "my-service"
+    assert (project / "src" / "my_service" / "__init__.py").is_file()
+    pyproject = assert_config_files_parse(project)
+    assert pyproject["project"]["name"] == "my-service"
+
+
+def test_odd_display_names_bake_into_valid_files(bake: Callable[..., Path]) -> None:
+    project = bake(project_name=WEIRD_NAME, description=WEIRD_DESCRIPTION, author_name=WEIRD_AUTHOR)
+    assert project.name == "cafe-zurich-ops-alerts"  # slugify: ASCII, lower case, hyphens
+    package = project / "src" / "cafe_zurich_ops_alerts"
+    assert package.is_dir()
+    assert_no_template_leftovers(project)
+    assert_python_compiles(project)
+    assert_ruff_clean(project)
+
+    pyproject = assert_config_files_parse(project)
+    assert pyproject["project"]["description"] == WEIRD_DESCRIPTION
+    assert pyproject["project"]["authors"][0]["name"] == WEIRD_AUTHOR
+
+    # Importing the config and the app evaluates every string literal the names went into.
+    probe = (
+        "import sys, cafe_zurich_ops_alerts.config as config, cafe_zurich_ops_alerts.api as api\n"
+        "assert api.app.title == sys.argv[1], api.app.title\n"
+        "print(config.Settings().lock_path)\n"
+    )
+    title = WEIRD_NAME.replace("\\", "").replace('"', "'")  # how api.py keeps the literal plain
+    result = run([sys.executable, "-c", probe, title], project, PYTHONPATH=str(project / "src"))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip().endswith("cafe_zurich_ops_alerts_primary_worker.lock"), result.stdout
+
+
+@pytest.mark.generated
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("lock_backend", LOCK_BACKENDS)
+def test_generated_test_suite_passes(bake: Callable[..., Path], lock_backend: str) -> None:
+    """The baked project's own tests pass (they start real servers: no install needed, only PYTHONPATH)."""
+    project = bake(lock_backend=lock_backend)
+    assert importlib.util.find_spec("pytest_timeout"), "the generated suite needs pytest-timeout"
+    result = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        project,
+        timeout=590,
+        PYTHONPATH=str(project / "src"),
+    )
+    tail = "\n".join(result.stdout.splitlines()[-60:])
+    assert result.returncode != 5, f"the generated project ({lock_backend}) has no tests:\n{tail}"
+    assert result.returncode == 0, f"the generated test suite failed ({lock_backend}):\n{tail}"

@@ -1,0 +1,220 @@
+"""The Redis lease: one primary across instances, fast hand-over, self-demotion, fencing, faults.
+
+Every test runs against a redis-server that the tests started themselves (``redis_server.py``);
+the fault tests kill, pause and restart it. The tests use a 3 s lease (``LOCK_TTL_SECONDS=3``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from {{ cookiecutter.package_name }}.config import Settings
+from {{ cookiecutter.package_name }}.coordination import is_primary_worker, make_lock
+from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock, mask_url
+
+from conftest import PACKAGE, Server, current_holder, service_env, settings_from
+from redis_server import RedisServer
+from support import free_port, wait_until
+
+TTL = 3.0
+RETRY = 0.2
+SLACK = 2.0  # generous allowance for process scheduling on a busy machine; catches hangs, not speed
+
+
+def redis_lock(settings: Settings) -> RedisLock:
+    lock = make_lock(settings)
+    assert isinstance(lock, RedisLock)
+    return lock
+
+
+def both_instances(start_server: Callable[..., Server], **options: object) -> tuple[Server, Server]:
+    first = start_server("uvicorn", workers=2, **options)
+    second = start_server("uvicorn", workers=2, **options)
+    return first, second
+
+
+def primaries(*servers: Server) -> set[int]:
+    return set().union(*(server.primaries() for server in servers))
+
+
+def single_primary(*servers: Server) -> int:
+    found: set[int] = wait_until(lambda: (p := primaries(*servers)) and len(p) == 1 and p, "one primary")
+    return next(iter(found))
+
+
+def test_one_primary_across_two_instances(
+    start_server: Callable[..., Server], lock_env: dict[str, str]
+) -> None:
+    first, second = both_instances(start_server)
+
+    primary = single_primary(first, second)
+
+    holder = current_holder(lock_env)
+    assert holder is not None and holder.pid == primary
+    for server in (first, second):
+        answer = server.get("/health/worker").json()
+        assert answer["holder"]["pid"] == primary
+        assert answer["backend"] == "redis"
+        assert answer["epoch"] == holder.epoch
+
+
+def test_crash_of_the_instance_holding_the_primary_fails_over_within_ttl(
+    start_server: Callable[..., Server],
+) -> None:
+    first, second = both_instances(start_server)
+    primary = single_primary(first, second)
+    crashed, survivor = (first, second) if primary in first.worker_pids() else (second, first)
+
+    os.killpg(crashed.process.pid, signal.SIGKILL)  # the whole instance: master and workers
+    killed_at = time.monotonic()
+
+    new_primary = survivor.wait_for_primary(timeout=TTL + RETRY + SLACK)
+    assert survivor.event_time(new_primary, True) - killed_at <= TTL + RETRY + SLACK
+
+
+def test_graceful_stop_hands_over_in_under_a_second(start_server: Callable[..., Server]) -> None:
+    first, second = both_instances(start_server)
+    primary = single_primary(first, second)
+    stopping, staying = (first, second) if primary in first.worker_pids() else (second, first)
+
+    assert stopping.stop() == 0
+
+    new_primary = staying.wait_for_primary(timeout=TTL)
+    # The release is announced on <prefix>:released; standbys do not wait for their next retry.
+    handover = staying.event_time(new_primary, True) - stopping.event_time(primary, False)
+    assert handover < 1.0
+
+
+def test_redis_down_demotes_the_primary_and_nobody_is_primary_until_it_is_back(
+    start_server: Callable[..., Server], redis_server: RedisServer
+) -> None:
+    first, second = both_instances(start_server)
+    primary = single_primary(first, second)
+    owner = first if primary in first.worker_pids() else second
+
+    redis_server.kill()
+    killed_at = time.monotonic()
+
+    owner.wait_for_log(rf"Worker role change: pid={primary}, primary=False", timeout=TTL + SLACK)
+    assert owner.event_time(primary, False) - killed_at <= TTL  # before the lease could expire
+    for server in (first, second):
+        server.wait_for_log(rf"ERROR .*cannot reach Redis.*127\.0\.0\.1:{redis_server.port}")
+        answer = server.get("/health/worker").json()  # still serving
+        assert answer["role"] == "standby" and answer["lock_error"]
+    assert primaries(first, second) == set()
+
+    redis_server.start()  # same port, empty: the old lease is gone for good
+
+    single_primary(first, second)
+    for server in (first, second):
+        server.assert_never_two_primaries()
+
+
+def test_paused_primary_steps_down_on_resume_without_running_singleton_work(
+    start_server: Callable[..., Server],
+) -> None:
+    # gunicorn: its worker timeout (60 s) tolerates the pause; uvicorn's supervisor would kill the
+    # paused worker after 5 s without a health-check answer.
+    server = start_server("gunicorn", workers=3, app="apps:ticking_app()", extra=("--timeout", "60"))
+    primary = server.wait_for_primary()
+    server.wait_for_log(rf"Singleton tick: pid={primary}")
+
+    os.kill(primary, signal.SIGSTOP)
+    # The frozen worker cannot log anything: it still looks primary in the log until it resumes.
+    successor = wait_until(
+        lambda: min(server.primaries() - {primary}, default=None), "a successor", TTL + RETRY + SLACK
+    )
+    server.wait_for_log(rf"Singleton tick: pid={successor}")
+    os.kill(primary, signal.SIGCONT)
+
+    server.wait_for_log(rf"Worker role change: pid={primary}, primary=False", timeout=TTL)
+    lines = server.output().splitlines()
+    promoted = next(i for i, line in enumerate(lines) if f"pid={successor}, primary=True" in line)
+    ticks_after = [line for line in lines[promoted:] if f"Singleton tick: pid={primary}" in line]
+    assert ticks_after == []  # the resumed worker did no singleton work once it was deposed
+    assert server.primaries() == {successor}
+
+
+def test_release_and_renewal_check_the_token(lock_env: dict[str, str]) -> None:
+    settings = settings_from(lock_env)
+
+    async def scenario() -> None:
+        first, second = redis_lock(settings), redis_lock(settings)
+        assert await first.try_acquire()
+        await first.client.delete(first.key)  # as if the lease had expired
+        assert await second.try_acquire()
+
+        await first.release()  # must not delete the lease that is now second's
+        holder = await second.read_holder()
+        assert holder is not None and holder.epoch == second.epoch == first.epoch + 1
+        assert await second.client.get(second.key) == second.token
+
+        await first.hold()  # renewal finds somebody else's token: hold returns (lost) at once
+        assert not first.is_held()
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_key_prefixes_separate_services_on_one_redis(lock_env: dict[str, str]) -> None:
+    settings = settings_from(lock_env)
+    other_service = settings.model_copy(update={"lock_key_prefix": settings.lock_key_prefix + "-other"})
+
+    async def scenario() -> None:
+        ours, others = make_lock(settings), make_lock(other_service)
+        assert await ours.try_acquire() and await others.try_acquire()
+        await ours.close()
+        await others.close()
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_redis_at_start_then_back_with_a_password(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
+    server = start_server("uvicorn", workers=2, env={"REDIS_URL": url})
+
+    line = server.wait_for_log(r"ERROR .*cannot reach Redis")  # the workers started and serve
+    assert mask_url(url) in line
+    answer = server.get("/health/worker").json()
+    assert answer["role"] == "standby" and mask_url(url) in answer["lock_error"]
+
+    redis_server = RedisServer(tmp_path, port=port, password="s3cret-pass")
+    try:
+        server.wait_for_primary()  # elected as soon as Redis answers
+        assert "s3cret-pass" not in server.output() + server.get("/health/worker").text
+    finally:
+        redis_server.stop()
+
+
+def test_status_and_one_shot_api_fail_closed_when_redis_is_unreachable(lock_env: dict[str, str]) -> None:
+    url = f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"
+    settings = settings_from({**lock_env, "REDIS_URL": url})
+
+    assert asyncio.run(is_primary_worker(settings)) == (False, None)
+    result = subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.coordination", "status"],
+        env=service_env(lock_env, REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"cannot reach Redis for the Redis key {settings.lock_key_prefix}:primary" in result.stderr
+    assert "s3cret-pass" not in result.stderr + result.stdout
+
+
+def test_masked_url_hides_only_the_password() -> None:
+    assert mask_url("rediss://user:secret@cache:6380/2") == "rediss://user:***@cache:6380/2"
+    assert mask_url("redis://:secret@cache") == "redis://:***@cache"
+    assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
