@@ -164,11 +164,12 @@ class Election:
             _, still_running = await asyncio.wait(tasks, timeout=SERVICE_STOP_SECONDS)
             for task in still_running:
                 logger.error("Singleton service %s ignored cancellation", task.get_name())
+        # Logged before the release, so that in a shared log the successor's promotion comes after.
+        logger.info("Worker role change: pid=%d, primary=False", os.getpid())
         try:
             await self.lock.release()
         except Exception:
             logger.exception("Could not release the primary lock (it expires or dies with us)")
-        logger.info("Worker role change: pid=%d, primary=False", os.getpid())
 
     async def _run_service(self, service: SingletonService) -> None:
         try:
