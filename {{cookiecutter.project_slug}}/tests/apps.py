@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.api import create_app
+from {{ cookiecutter.package_name }}.config import load_settings
 from {{ cookiecutter.package_name }}.coordination import Election
-from {{ cookiecutter.package_name }}.services import SINGLETON_SERVICES
+from {{ cookiecutter.package_name }}.services import singleton_services
 
 logger = logging.getLogger("{{ cookiecutter.package_name }}.tests")
 
@@ -46,5 +47,18 @@ async def tick(election: Election) -> None:
 
 def ticking_app() -> FastAPI:
     """The service with the ``tick`` singleton registered beside the others."""
-    SINGLETON_SERVICES.append(tick)
-    return create_app()
+    settings = load_settings()
+    return create_app(settings, [*singleton_services(settings), tick])
+
+
+def noisy_app() -> FastAPI:
+    """The service with ``GET /errors?count=N``, which logs N error records (the same few messages)."""
+    app = create_app()
+
+    @app.get("/errors")
+    async def errors(count: int = 1) -> dict[str, int]:
+        for number in range(count):
+            logger.error("Simulated failure number %d", number % 3)
+        return {"logged": count}
+
+    return app

@@ -32,6 +32,21 @@ BAD_VALUES = [
     ("LOCK_PATH", "primary.lock", "invalid setting LOCK_PATH='primary.lock': must be an absolute path"),
     ("REDIS_URL", "redis://:pw@host:port", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
     ("LOCK_KEY_PREFIX", "", "invalid setting LOCK_KEY_PREFIX='': String should have at least 1 character"),
+    ("REPORT_SCHEDULE", "daily", "invalid setting REPORT_SCHEDULE='daily': must have 5 crontab fields"),
+    ("REPORT_SCHEDULE", "0 7 * * 1", "invalid setting REPORT_SCHEDULE='0 7 * * 1': write the weekday field"),
+    (
+        "REPORT_SCHEDULE",
+        "0 25 * * *",
+        "invalid setting REPORT_SCHEDULE='0 25 * * *': is not a valid schedule",
+    ),
+    ("REPORT_TIMEZONE", "Mars/Olympus", "invalid setting REPORT_TIMEZONE='Mars/Olympus': must be an IANA"),
+    ("REPORT_RECIPIENTS", "ops", "invalid setting REPORT_RECIPIENTS='ops': 'ops' is not an e-mail address"),
+    (
+        "EMAIL_BACKEND",
+        "pigeon",
+        "invalid setting EMAIL_BACKEND='pigeon': Input should be 'console' or 'smtp'",
+    ),
+    ("SMTP_TLS", "yes", "invalid setting SMTP_TLS='yes': Input should be 'none', 'starttls' or 'tls'"),
 ]
 
 

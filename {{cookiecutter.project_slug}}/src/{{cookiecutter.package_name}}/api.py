@@ -13,19 +13,22 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
 
 from .config import ConfigError, Settings, load_settings
-from .coordination import Election, make_lock
-from .services import SINGLETON_SERVICES
+from .coordination import Election, SingletonService, make_lock
+from .notifications.alerts import AlertDigest
+from .notifications.reports import ServiceStats
+from .services import singleton_services
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application; tests pass their own settings."""
+def create_app(settings: Settings | None = None, services: list[SingletonService] | None = None) -> FastAPI:
+    """Build the application; tests may pass their own settings and singleton services."""
     settings = settings or load_settings()
+    services = singleton_services(settings) if services is None else services
     configure_logging(settings.log_level)
 
     @asynccontextmanager
@@ -34,22 +37,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # gunicorn --preload would make every forked worker share one lock).
         election = Election(
             make_lock(settings),
-            SINGLETON_SERVICES,
+            services,
             retry_seconds=settings.lock_retry_seconds,
         )
         app.state.election = election
+        alerts = start_alert_digests(settings, election)
         await election.start()  # never raises: a lock problem leaves this worker standby
         retire_on_shutdown_signal(election)
         try:
             yield
         finally:
             await election.stop()  # stops the singleton services, then releases the lock
+            if alerts:
+                await alerts.stop()
 
     app = FastAPI(
         # The project's display name (double quotes made single, backslashes dropped).
         {% set title = cookiecutter.project_name | replace('\\', '') | replace('"', "'") | tojson %}title={{ title if title | length <= 90 else cookiecutter.project_slug | tojson }},
         lifespan=lifespan,
     )
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Any:
+        ServiceStats.requests += 1  # for the example report
+        return await call_next(request)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -63,6 +74,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await election.status()
 
     return app
+
+
+class AlertSender:
+    """The worker's alert digest handler and the task that mails its digests."""
+
+    def __init__(self, handler: AlertDigest) -> None:
+        self.handler = handler
+        self.task = asyncio.create_task(handler.run(), name="alert-digests")
+
+    async def stop(self) -> None:
+        self.handler.uninstall()
+        self.task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self.task
+        with suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.handler.send_digest()  # what is left of the last window
+
+
+def start_alert_digests(settings: Settings, election: Election) -> AlertSender | None:
+    """Every worker mails its own ERROR records (when ALERT_RECIPIENTS is set)."""
+    if not settings.alert_to:
+        return None
+    handler = AlertDigest(settings, role=lambda: "primary" if election.is_primary else "standby")
+    handler.install()
+    return AlertSender(handler)
 
 
 def retire_on_shutdown_signal(election: Election) -> None:

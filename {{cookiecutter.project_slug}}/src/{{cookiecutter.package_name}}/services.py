@@ -1,9 +1,9 @@
 """Singleton services: work that must run on exactly one worker at a time.
 
-The election starts every function listed in ``SINGLETON_SERVICES`` when this worker becomes the
+The election starts every service that ``singleton_services`` lists when this worker becomes the
 primary, and cancels them when it stops being primary or shuts down. A service is an async function
-that takes the ``Election``: a one-off task (a data migration) simply returns, a long-running one (a
-scheduler) runs until it is cancelled. To add one, write the function and add it to the list.
+that takes the ``Election``: a one-off task (a data migration) simply returns, a long-running one (the
+report scheduler) runs until it is cancelled. To add one, write the function and add it to the list.
 
 A primary can lose the lock (a crash elsewhere is not the only way: a paused process, a network
 split, a lock file deleted by hand). Check ``election.is_primary`` right before a side effect that
@@ -16,7 +16,9 @@ import asyncio
 import logging
 import os
 
+from .config import Settings
 from .coordination import Election, SingletonService
+from .notifications.reports import report_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ async def run_startup_migration(election: Election) -> None:
         )
 
 
-SINGLETON_SERVICES: list[SingletonService] = [
-    run_startup_migration,
-]
+def singleton_services(settings: Settings) -> list[SingletonService]:
+    """Everything that must run on exactly one worker at a time."""
+    services: list[SingletonService] = [run_startup_migration]
+    if settings.report_to:
+        services.append(report_scheduler(settings))
+    return services

@@ -47,6 +47,28 @@ class Holder:
         return f"pid={self.pid} host={self.host} since={self.since} epoch={self.epoch}"
 
 
+class RunLedger(Protocol):
+    """Which one-off runs (a report period) are done, shared by every primary of the lock scope.
+
+    Claims are fenced: only the current primary can claim, so a deposed primary cannot run a period
+    again, and a period is claimed at most once per epoch.
+    """
+
+    async def claim(self, run_id: str) -> bool:
+        """May this primary do ``run_id`` now? True if nobody did it yet (or a previous primary
+        claimed it and died before finishing: then it is done again, which is why a report's
+        Message-ID is derived from its period). False if it is done, in progress, or we are deposed."""
+
+    async def finish(self, run_id: str) -> None:
+        """Record that ``run_id`` is done: nobody will claim it again."""
+
+    async def abandon(self, run_id: str) -> None:
+        """Give a claim back after a failure, so that a later attempt may claim it again."""
+
+    async def latest_finished(self, prefix: str) -> str | None:
+        """The greatest finished run id starting with ``prefix`` (run ids sort by time)."""
+
+
 class PrimaryLock(Protocol):
     """The primary lock of one lock scope (one lock file, or one Redis key).
 
@@ -79,6 +101,9 @@ class PrimaryLock(Protocol):
 
     async def read_holder(self) -> Holder | None:
         """Who holds the lock now (any worker, or a command-line tool), or None if nobody does."""
+
+    def run_ledger(self) -> RunLedger:
+        """The run ledger of this lock scope, whose claims are valid only while this lock is held."""
 
     async def close(self) -> None:
         """Free the resources (connections, threads) of this lock object."""

@@ -24,13 +24,18 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import stat
 import threading
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .base import Holder, LockError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VERIFY_INTERVAL_SECONDS = 1.0
 """How often the primary checks that the lock file at LOCK_PATH is still the one it holds."""
@@ -70,6 +75,13 @@ class FileLock:
 
     def is_held(self) -> bool:
         return self._fd is not None
+
+    def verify(self) -> bool:
+        """Held, and LOCK_PATH still names the locked file (checked before every ledger claim)."""
+        return self._fd is not None and self._names_locked_file(self._fd)
+
+    def run_ledger(self) -> FileRunLedger:
+        return FileRunLedger(self)
 
     async def release(self) -> None:
         if self._fd is not None:
@@ -185,6 +197,66 @@ class FileLock:
         finally:
             if old_fd is not None:
                 os.close(old_fd)
+
+
+class FileRunLedger:
+    """The run ledger of the file backend: a small SQLite database beside the lock file.
+
+    Each claim is one SQLite transaction (``BEGIN IMMEDIATE`` takes SQLite's own write lock), so even
+    two processes that both believe they are primary, in the second after someone replaced the lock
+    file by hand, cannot both claim one period. Rows older than ``KEEP_DAYS`` are pruned.
+    """
+
+    KEEP_DAYS = 30
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+        self.path = lock.path.with_name(f"{lock.path.stem}.runs.sqlite3")
+
+    async def claim(self, run_id: str) -> bool:
+        if not self.lock.verify():
+            return False  # fenced: only the holder of the file now at LOCK_PATH may claim
+        return await asyncio.to_thread(self._transaction, self._claim, run_id, self.lock.epoch)
+
+    async def finish(self, run_id: str) -> None:
+        await asyncio.to_thread(self._transaction, self._set_done, run_id, self.lock.epoch)
+
+    async def abandon(self, run_id: str) -> None:
+        sql = "DELETE FROM runs WHERE run_id = ? AND state = 'claimed' AND epoch = ?"
+        await asyncio.to_thread(self._transaction, lambda db: db.execute(sql, (run_id, self.lock.epoch)))
+
+    async def latest_finished(self, prefix: str) -> str | None:
+        sql = "SELECT max(run_id) FROM runs WHERE state = 'done' AND run_id LIKE ? || '%'"
+        row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql, (prefix,)).fetchone())
+        return row[0] if row else None
+
+    @staticmethod
+    def _claim(db: sqlite3.Connection, run_id: str, epoch: int) -> bool:
+        row = db.execute("SELECT state, epoch FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is not None and (row[0] == "done" or row[1] >= epoch):
+            return False  # done, or in progress under this or a newer epoch
+        # New, or claimed by an earlier primary that died before finishing: (re)do it.
+        db.execute("INSERT OR REPLACE INTO runs VALUES (?, 'claimed', ?, datetime('now'))", (run_id, epoch))
+        return True
+
+    def _set_done(self, db: sqlite3.Connection, run_id: str, epoch: int) -> None:
+        db.execute("INSERT OR REPLACE INTO runs VALUES (?, 'done', ?, datetime('now'))", (run_id, epoch))
+        db.execute("DELETE FROM runs WHERE updated < datetime('now', ?)", (f"-{self.KEEP_DAYS} days",))
+
+    def _transaction(self, work: Callable[..., T], *args: Any) -> T:
+        with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+                " epoch INTEGER NOT NULL, updated TEXT NOT NULL)"
+            )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db, *args)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
 
 
 def parse_lock_file(text: str) -> Holder | None:

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import LockError as RedisLockError
-from redis.exceptions import LockNotOwnedError, RedisError
+from redis.exceptions import LockNotOwnedError, RedisError, WatchError
 
 from .base import Holder, LockError
 
@@ -195,6 +195,9 @@ class RedisLock:
             epoch = int(epoch_text)
         return Holder(pid=int(pid) if pid.isdigit() else 0, host=host, since=since, epoch=epoch)
 
+    def run_ledger(self) -> RedisRunLedger:
+        return RedisRunLedger(self)
+
     async def close(self) -> None:
         await self.release()
         await self.client.aclose()
@@ -204,3 +207,69 @@ class RedisLock:
             f"cannot reach Redis for the {self.location}: {exc}; check that Redis is running and "
             "that REDIS_URL is right"
         )
+
+
+class RedisRunLedger:
+    """The run ledger of the Redis backend: one key per run, ``<prefix>:run:<run id>``.
+
+    A claim is written in a transaction that watches the lease and the epoch: it succeeds only while
+    this worker's token is in the lease and its epoch is the current one (fencing), so a deposed
+    primary, even one that does not know it yet, can never claim a period.
+    """
+
+    KEEP_SECONDS = 30 * 86400
+
+    def __init__(self, lock: RedisLock) -> None:
+        self.lock = lock
+        self.prefix = lock.key.removesuffix(":primary")
+
+    async def claim(self, run_id: str) -> bool:
+        if not self.lock.is_held():
+            return False
+        lock, key = self.lock, f"{self.prefix}:run:{run_id}"
+        try:
+            async with lock.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(lock.key, lock.epoch_key, key)
+                token, epoch, run = await pipe.mget(lock.key, lock.epoch_key, key)
+                if token != lock.token or str(epoch) != str(lock.epoch):
+                    return False  # fenced: somebody else is primary now
+                if run is not None:
+                    state, _, run_epoch = str(run).partition(":")
+                    if state == "done" or int(run_epoch) >= lock.epoch:
+                        return False  # done, or in progress under this or a newer epoch
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.set(key, f"claimed:{lock.epoch}", ex=self.KEEP_SECONDS)
+                await pipe.execute()
+                return True
+        except WatchError:
+            return False  # the lease, the epoch or the run changed under us: not ours to do
+        except RedisError as exc:
+            raise lock._unreachable(exc) from exc
+
+    async def finish(self, run_id: str) -> None:
+        job, _, period = run_id.rpartition(":")
+        client = self.lock.client
+        try:
+            await client.set(f"{self.prefix}:run:{run_id}", f"done:{self.lock.epoch}", ex=self.KEEP_SECONDS)
+            latest_key = f"{self.prefix}:latest:{job}:"
+            latest = await client.get(latest_key)
+            if latest is None or str(latest) < period:
+                await client.set(latest_key, period)
+        except RedisError as exc:
+            raise self.lock._unreachable(exc) from exc
+
+    async def abandon(self, run_id: str) -> None:
+        key = f"{self.prefix}:run:{run_id}"
+        try:
+            if await self.lock.client.get(key) == f"claimed:{self.lock.epoch}":
+                await self.lock.client.delete(key)
+        except RedisError as exc:
+            raise self.lock._unreachable(exc) from exc
+
+    async def latest_finished(self, prefix: str) -> str | None:
+        job = prefix.removesuffix(":")
+        try:
+            period = await self.lock.client.get(f"{self.prefix}:latest:{job}:")
+        except RedisError as exc:
+            raise self.lock._unreachable(exc) from exc
+        return f"{job}:{period!s}" if period else None

@@ -1,0 +1,1 @@
+"""E-mail: scheduled reports from the primary only, alert digests from every worker."""

@@ -1,0 +1,156 @@
+"""Scheduled reports: sent by the primary only, exactly once per period.
+
+The report scheduler is a singleton service (see ``services.py``): it runs on the primary from
+promotion to demotion. Each time the schedule fires, and once right after promotion, the primary
+sends every period that is due and not yet done:
+
+1. A *period* is one fire time of ``REPORT_SCHEDULE`` (say, 07:00 on 28 November); its run id is
+   ``report:20261128T070000Z``.
+2. Before sending, the primary claims the run id in the run ledger of the lock scope. Claims are
+   fenced: a worker that is no longer primary cannot claim, and a period is claimed once per epoch.
+3. Once the mail server has accepted the message, the period is marked done. If sending fails, the
+   claim is given back and the period is retried at the next firing of the schedule.
+4. Periods missed while there was no primary (crash, reload) or while the mail server was down are
+   sent late if they are at most ``REPORT_CATCH_UP_SECONDS`` old; older ones are skipped with a log
+   line. A service that has never sent a report starts with the first period after its promotion.
+
+Each report's Message-ID is derived from its period. If a primary dies after the mail server took a
+report but before recording it, the next primary sends it again, and it is the same message (same
+Message-ID) to the mail system, which drops the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from ..config import Settings, cron_trigger
+from ..coordination import Election, SingletonService
+from .mail import Mailer, new_message
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "{{ cookiecutter.project_slug }}"
+JOB = "report"
+PERIOD_FORMAT = "%Y%m%dT%H%M%SZ"
+MAX_PERIODS_PER_RUN = 1000
+"""Bound on the periods looked at in one run (a 2-second schedule after a long outage)."""
+
+
+class ServiceStats:
+    """What the example report tells: kept by this worker (``api.py`` counts the requests)."""
+
+    started = time.monotonic()
+    requests = 0
+
+
+def report_scheduler(settings: Settings) -> SingletonService:
+    """The singleton service that sends the scheduled reports while this worker is primary."""
+
+    async def run_report_scheduler(election: Election) -> None:
+        reports = ReportSender(settings, election, Mailer(settings))
+        due = asyncio.Event()
+
+        async def fire() -> None:
+            due.set()
+
+        scheduler = AsyncIOScheduler(timezone=settings.report_timezone)
+        scheduler.add_job(fire, reports.trigger, coalesce=True, misfire_grace_time=None)
+        scheduler.start()
+        due.set()  # catch up right after promotion
+        try:
+            while True:
+                await due.wait()
+                due.clear()
+                await reports.send_due()  # in this task: cancelled with it on demotion
+        finally:
+            scheduler.shutdown(wait=False)
+
+    return run_report_scheduler
+
+
+class ReportSender:
+    """Works out which periods are due and sends each one exactly once."""
+
+    def __init__(self, settings: Settings, election: Election, mailer: Mailer) -> None:
+        self.settings = settings
+        self.election = election
+        self.mailer = mailer
+        self.trigger: CronTrigger = cron_trigger(settings.report_schedule, settings.report_timezone)
+        self.promoted_at = datetime.now(UTC)
+
+    async def send_due(self) -> None:
+        ledger = self.election.lock.run_ledger()
+        now = datetime.now(UTC)
+        for period in await self.due_periods(now):
+            run_id = f"{JOB}:{period.strftime(PERIOD_FORMAT)}"
+            if not self.election.is_primary:
+                return
+            if not await ledger.claim(run_id):
+                continue  # done already, or in progress elsewhere
+            try:
+                await self.mailer.send(self.compose(period))
+            except Exception as exc:
+                await ledger.abandon(run_id)
+                logger.warning("Report %s not sent, will retry at the next run: %s", run_id, exc)
+                return  # the mail server is unlikely to take the next one either
+            await ledger.finish(run_id)
+            logger.info("Report %s sent to %s", run_id, ", ".join(self.settings.report_to))
+
+    async def due_periods(self, now: datetime) -> list[datetime]:
+        """Periods up to ``now`` that may still need sending, oldest first."""
+        window_start = now - timedelta(seconds=self.settings.report_catch_up_seconds)
+        latest = await self.election.lock.run_ledger().latest_finished(f"{JOB}:")
+        if latest is None:
+            start = self.promoted_at  # nothing sent ever: begin with this primary
+        else:
+            last_done = datetime.strptime(latest.split(":", 1)[1], PERIOD_FORMAT).replace(tzinfo=UTC)
+            start = max(last_done + timedelta(microseconds=1), window_start)
+            skipped = self.fire_times(last_done + timedelta(microseconds=1), window_start)
+            if skipped:
+                logger.warning(
+                    "Skipping %d report period(s) from %s to %s: older than REPORT_CATCH_UP_SECONDS",
+                    len(skipped),
+                    skipped[0].isoformat(),
+                    skipped[-1].isoformat(),
+                )
+        # A period already marked done after `latest` (sent out of order) is refused by its claim.
+        return self.fire_times(min(start, now), now, inclusive=True)
+
+    def fire_times(self, start: datetime, end: datetime, *, inclusive: bool = False) -> list[datetime]:
+        times: list[datetime] = []
+        fire = self.trigger.get_next_fire_time(None, start)
+        while fire is not None and (fire <= end if inclusive else fire < end):
+            times.append(fire.astimezone(UTC))
+            if len(times) >= MAX_PERIODS_PER_RUN:
+                break
+            fire = self.trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        return times
+
+    def compose(self, period: datetime) -> EmailMessage:
+        """The example report: replace the body with what your service should tell."""
+        election = self.election
+        uptime = timedelta(seconds=round(time.monotonic() - ServiceStats.started))
+        body = "\n".join(
+            [
+                f"Report for {period.isoformat()} (schedule {self.settings.report_schedule!r}).",
+                "",
+                f"Sent by the primary worker: pid {os.getpid()} on {socket.gethostname()},",
+                f"primary since {election.primary_since.isoformat() if election.primary_since else '-'}"
+                f" (epoch {election.lock.epoch}).",
+                f"This worker has been up for {uptime} and has served {ServiceStats.requests} requests.",
+            ]
+        )
+        subject = f"[{SERVICE}] Report {period:%Y-%m-%d %H:%M:%S %Z}"
+        message = new_message(self.settings, self.settings.report_to, subject, body)
+        domain = self.settings.email_from.rpartition("@")[2] or "localhost"
+        message["Message-ID"] = f"<{JOB}.{period.strftime(PERIOD_FORMAT)}.{SERVICE}@{domain}>"
+        return message

@@ -1,0 +1,179 @@
+"""E-mail against a real SMTP server (aiosmtpd): one report per period from the primary, across a
+crash and an outage of the mail server; one alert digest per worker and window."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from email import message_from_bytes
+from email.message import Message
+from itertools import pairwise
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from conftest import Server
+from support import free_port, wait_until
+
+EVERY_2_SECONDS = "*/2 * * * * *"
+PERIOD = re.compile(r"report[.:](\d{8}T\d{6}Z)")
+
+
+def period_of(text: str) -> datetime:
+    match = PERIOD.search(text)
+    assert match, text
+    return datetime.strptime(match[1], "%Y%m%dT%H%M%SZ")
+
+
+class MailSink:
+    """An aiosmtpd handler that keeps every delivered message."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self.controller: Controller | None = None
+        self.port = free_port()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.messages.append(message_from_bytes(envelope.content))
+        return "250 Message accepted"
+
+    def start(self) -> None:
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+
+    def received(self, prefix: str = "") -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if str(m["Message-ID"] or "").startswith(prefix)]
+
+    def periods(self) -> list[datetime]:
+        """The period of every report received, in order of arrival (duplicates included)."""
+        return [period_of(str(message["Message-ID"])) for message in self.received("<report.")]
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[MailSink]:
+    sink = MailSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def mail_env(sink: MailSink, **extra: str) -> dict[str, str]:
+    env = {"EMAIL_BACKEND": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(sink.port)}
+    env.update(REPORT_SCHEDULE=EVERY_2_SECONDS, REPORT_RECIPIENTS="ops@example.com")
+    env.update(extra)
+    return env
+
+
+def assert_each_period_once_without_gaps(periods: list[datetime]) -> None:
+    counts = Counter(periods)
+    assert [period for period, count in counts.items() if count > 1] == [], "duplicate reports"
+    gaps = [(a, b) for a, b in pairwise(sorted(counts)) if b - a != timedelta(seconds=2)]
+    assert gaps == [], "missed periods"
+
+
+def test_four_workers_send_exactly_one_report_per_period(
+    start_server: Callable[..., Server], smtp_sink: MailSink
+) -> None:
+    server = start_server("uvicorn", workers=4, env=mail_env(smtp_sink))
+
+    wait_until(lambda: len(set(smtp_sink.periods())) >= 8, "8 report periods (16 s)", 60)
+    server.stop()
+
+    assert_each_period_once_without_gaps(smtp_sink.periods())
+    message = smtp_sink.received("<report.")[0]
+    assert message["To"] == "ops@example.com" and "Report" in str(message["Subject"])
+
+
+def test_a_crash_of_the_primary_neither_duplicates_nor_loses_a_period(
+    start_server: Callable[..., Server], smtp_sink: MailSink
+) -> None:
+    server = start_server("uvicorn", workers=4, env=mail_env(smtp_sink))
+    wait_until(lambda: len(set(smtp_sink.periods())) >= 3, "3 report periods", 60)
+    primary = server.wait_for_primary()
+
+    os.kill(primary, signal.SIGKILL)
+    server.note_killed(primary)
+    sent_before = len(set(smtp_sink.periods()))
+
+    # The successor sends what was missed while nobody was primary, then carries on.
+    wait_until(lambda: len(set(smtp_sink.periods())) >= sent_before + 5, "5 more periods", 60)
+    server.stop()
+    assert_each_period_once_without_gaps(smtp_sink.periods())
+
+
+def test_reports_missed_while_the_mail_server_is_down_are_sent_when_it_is_back(
+    start_server: Callable[..., Server],
+) -> None:
+    sink = MailSink()  # not started yet: nothing listens on its port
+    server = start_server("uvicorn", workers=2, env=mail_env(sink))
+    missed = period_of(server.wait_for_log(r"WARNING .*Report report:\S+ not sent, will retry"))
+    assert server.get("/health").status_code == 200  # the service keeps serving
+
+    sink.start()
+    try:
+        wait_until(lambda: len(set(sink.periods())) >= 4, "the missed and the new reports", 60)
+        server.stop()
+    finally:
+        sink.stop()
+    assert_each_period_once_without_gaps(sink.periods())
+    assert missed in sink.periods()  # the period that failed during the outage was sent later
+
+
+def test_console_backend_writes_reports_to_the_log(start_server: Callable[..., Server]) -> None:
+    env = {"REPORT_SCHEDULE": "* * * * * *", "REPORT_RECIPIENTS": "ops@example.com"}
+    server = start_server("uvicorn", workers=2, env=env)
+
+    server.wait_for_log(r"E-mail \(console backend, not sent\)")
+    server.wait_for_log(r"Message-ID: <report\.\d{8}T\d{6}Z\.")
+
+
+def digests(sink: MailSink) -> list[tuple[int, int, str]]:
+    """(pid, number of records, role) of every alert digest received."""
+    found = []
+    for message in sink.received():
+        subject = str(message["Subject"])
+        match = re.search(r"\] (\d+) error\(s\) on .* \(pid (\d+), (primary|standby)\)", subject)
+        if match:
+            found.append((int(match[2]), int(match[1]), match[3]))
+    return found
+
+
+def test_an_error_burst_becomes_one_digest_per_worker_and_window(
+    start_server: Callable[..., Server], smtp_sink: MailSink
+) -> None:
+    env = {
+        "EMAIL_BACKEND": "smtp",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_sink.port),
+        "ALERT_RECIPIENTS": "oncall@example.com",
+        "ALERT_DIGEST_SECONDS": "3",
+    }
+    server = start_server("uvicorn", workers=4, env=env, app="apps:noisy_app", extra=("--factory",))
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+        for _ in range(100):
+            assert client.get("/errors", params={"count": 10}).status_code == 200
+
+    wait_until(lambda: sum(count for _, count, _ in digests(smtp_sink)) >= 1000, "digests of 1000 errors")
+    found = digests(smtp_sink)
+    assert sum(count for _, count, _ in found) == 1000  # every record counted, none twice
+    # The burst takes well under one window: each worker sends one digest (two if the burst
+    # straddles the end of its window), never one mail per record.
+    per_worker = Counter(pid for pid, _, _ in found)
+    assert all(count <= 2 for count in per_worker.values()), per_worker
+    body = str(smtp_sink.received()[0].get_payload())
+    assert re.search(r"\d+ x ERROR \S+: Simulated failure number [012]", body)
