@@ -24,8 +24,19 @@ BACKEND_ONLY_FILES = {
     "file": [
         f"src/{PACKAGE}/coordination/file_lock.py",
         "tests/test_file_lock.py",
+        "tests/test_shared_volume.py",
     ],
 }
+
+ANSWERS_FILE = ".cookiecutter.json"
+"""The answers of this bake, for `cookiecutter --replay-file` or `cruft` later. Only the template's
+own variables are kept: cookiecutter's private entries (`_template`, `_output_dir`, ...) hold paths
+of the machine that baked the project."""
+
+
+def public_answers(answers: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in answers.items() if not key.startswith("_")}
+
 
 if __name__ == "__main__":
     project = Path.cwd()
@@ -33,3 +44,5 @@ if __name__ == "__main__":
         if backend != ANSWERS["lock_backend"]:
             for path in paths:
                 (project / path).unlink(missing_ok=True)
+    replay = {"cookiecutter": public_answers(ANSWERS)}
+    (project / ANSWERS_FILE).write_text(json.dumps(replay, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,65 @@
+"""The deployment files of every bake, checked by the real tools (these machines have no Docker engine)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, check, template_choices
+
+COMBINATIONS = [(b, v) for b in template_choices("lock_backend") for v in template_choices("python_version")]
+
+
+@pytest.mark.parametrize(("lock_backend", "python_version"), COMBINATIONS, ids=[f"{b}-py{v}" for b, v in COMBINATIONS])
+def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_backend: str, python_version: str) -> None:
+    project = bake(lock_backend=lock_backend, python_version=python_version)
+
+    check([str(BIN / "docker-compose"), "-f", "docker-compose.yml", "config", "-q"], project)
+    check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"], project)
+    check([str(BIN / "hadolint"), "Dockerfile"], project)
+    workflow = ".github/workflows/ci.yml"
+    check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", workflow], project)
+
+    services = yaml.safe_load((project / "docker-compose.yml").read_text())["services"]
+    api = {name: service for name, service in services.items() if name.startswith("api")}
+    assert len(api) == 2, "two api containers, to show one election across them"
+    if lock_backend == "file":
+        assert "redis" not in services
+        # Every api container mounts the same named volume where the lock file lives.
+        assert all("lock-dir:/tmp" in service["volumes"] for service in api.values())
+        assert all(service["environment"]["LOCK_PATH"].startswith("/tmp/") for service in api.values())
+    else:
+        assert "volumes" not in next(iter(api.values()))
+        assert "noeviction" in services["redis"]["command"] and "healthcheck" in services["redis"]
+        assert all(s["depends_on"]["redis"]["condition"] == "service_healthy" for s in api.values())
+
+    dockerfile = (project / "Dockerfile").read_text()
+    assert f"FROM python:{python_version}-slim" in dockerfile
+    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "exec uvicorn my_service.api:app" in dockerfile and "--workers ${WORKERS:-4}" in dockerfile
+
+    gunicorn = runpy.run_path(str(project / "gunicorn.conf.py"))
+    assert gunicorn["worker_class"] == "uvicorn_worker.UvicornWorker" and gunicorn["control_socket_disable"]
+
+
+def test_answers_file_holds_no_machine_paths_and_replays(bake: Callable[..., Path], tmp_path: Path) -> None:
+    project = bake(lock_backend="redis", project_name="Replay Me")
+    text = (project / ".cookiecutter.json").read_text()
+    answers = json.loads(text)["cookiecutter"]
+    assert not [key for key in answers if key.startswith("_")]
+    assert str(project.parent) not in text and str(ROOT) not in text
+
+    check(
+        [sys.executable, "-m", "cookiecutter", "--replay-file", str(project / ".cookiecutter.json"), str(ROOT)]
+        + ["-o", str(tmp_path)],
+        tmp_path,
+    )
+    again = tmp_path / project.name
+    assert (again / "src" / "replay_me" / "coordination" / "redis_lock.py").is_file()
+    assert (again / "README.md").read_text() == (project / "README.md").read_text()
