@@ -55,11 +55,8 @@ def test_answers_file_holds_no_machine_paths_and_replays(bake: Callable[..., Pat
     assert not [key for key in answers if key.startswith("_")]
     assert str(project.parent) not in text and str(ROOT) not in text
 
-    check(
-        [sys.executable, "-m", "cookiecutter", "--replay-file", str(project / ".cookiecutter.json"), str(ROOT)]
-        + ["-o", str(tmp_path)],
-        tmp_path,
-    )
+    replay = ["--replay-file", str(project / ".cookiecutter.json"), str(ROOT), "-o", str(tmp_path)]
+    check([sys.executable, "-m", "cookiecutter", *replay], tmp_path)
     again = tmp_path / project.name
     assert (again / "src" / "replay_me" / "coordination" / "redis_lock.py").is_file()
     assert (again / "README.md").read_text() == (project / "README.md").read_text()
