@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +16,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+import redis
+
 from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.coordination import is_primary_worker, make_lock
 from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock, mask_url
 
 from conftest import PACKAGE, Server, current_holder, service_env, settings_from
-from redis_server import RedisServer
+from redis_server import RedisServer, redis_server_binary
 from support import free_port, wait_until
 
 TTL = 3.0
@@ -218,3 +222,51 @@ def test_masked_url_hides_only_the_password() -> None:
     assert mask_url("rediss://user:secret@cache:6380/2") == "rediss://user:***@cache:6380/2"
     assert mask_url("redis://:secret@cache") == "redis://:***@cache"
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_rediss_url_with_a_password_works_over_tls(lock_env: dict[str, str], tmp_path: Path) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
+    openssl += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(openssl, check=True, capture_output=True)
+    port = free_port()
+    tls = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-auth-clients", "no", "--requirepass", "s3cret-pass"]
+    try:
+        server = subprocess.Popen([redis_server_binary(), *tls, "--save", "", "--dir", str(tmp_path)])
+    except OSError as exc:
+        pytest.skip(f"cannot start redis-server with TLS: {exc}")
+    url = f"rediss://:s3cret-pass@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    settings = settings_from({**lock_env, "REDIS_URL": url})
+
+    async def scenario() -> bool:
+        lock = redis_lock(settings)
+        try:
+            return await lock.try_acquire() and (await lock.read_holder()) is not None
+        finally:
+            await lock.close()
+
+    try:
+        if server.poll() is not None:
+            pytest.skip("this redis-server was built without TLS")
+        assert wait_until(lambda: _answers(settings), "redis over TLS", 20)
+        assert asyncio.run(scenario())
+        assert "s3cret-pass" not in redis_lock(settings).location
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(settings: Settings) -> bool:
+    async def ping() -> bool:
+        lock = redis_lock(settings)
+        try:
+            return bool(await lock.client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            await lock.client.aclose()
+
+    return asyncio.run(ping())
