@@ -13,14 +13,14 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 
 from .config import ConfigError, Settings, load_settings
 from .coordination import Election, SingletonService, make_lock
-from .notifications.alerts import AlertDigest
+from .notifications.alerts import start_alert_digests
 from .notifications.reports import ServiceStats
 from .services import singleton_services
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, services: list[SingletonService
             retry_seconds=settings.lock_retry_seconds,
         )
         app.state.election = election
-        alerts = start_alert_digests(settings, election)
+        alerts = start_alert_digests(settings, lambda: "primary" if election.is_primary else "standby")
         await election.start()  # never raises: a lock problem leaves this worker standby
         retire_on_shutdown_signal(election)
         try:
@@ -74,32 +74,6 @@ def create_app(settings: Settings | None = None, services: list[SingletonService
         return await election.status()
 
     return app
-
-
-class AlertSender:
-    """The worker's alert digest handler and the task that mails its digests."""
-
-    def __init__(self, handler: AlertDigest) -> None:
-        self.handler = handler
-        self.task = asyncio.create_task(handler.run(), name="alert-digests")
-
-    async def stop(self) -> None:
-        self.handler.uninstall()
-        self.task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self.task
-        with suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self.handler.send_digest()  # what is left of the last window
-
-
-def start_alert_digests(settings: Settings, election: Election) -> AlertSender | None:
-    """Every worker mails its own ERROR records (when ALERT_RECIPIENTS is set)."""
-    if not settings.alert_to:
-        return None
-    handler = AlertDigest(settings, role=lambda: "primary" if election.is_primary else "standby")
-    handler.install()
-    return AlertSender(handler)
 
 
 def retire_on_shutdown_signal(election: Election) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from contextlib import suppress
 from email.message import EmailMessage
 from queue import Empty, SimpleQueue
 
@@ -31,6 +32,15 @@ SERVICE = "{{ cookiecutter.project_slug }}"
 NOTIFICATIONS_LOGGER = __name__.rpartition(".")[0]
 WATCHED_LOGGERS = ["", "{{ cookiecutter.package_name }}", "uvicorn.error", "gunicorn.error"]
 """Where the handler is attached: the root logger, and the loggers that do not propagate to it."""
+
+
+def start_alert_digests(settings: Settings, role: Callable[[], str]) -> AlertDigest | None:
+    """Every worker mails its own ERROR records, when ALERT_RECIPIENTS is set."""
+    if not settings.alert_to:
+        return None
+    alerts = AlertDigest(settings, role)
+    alerts.start()
+    return alerts
 
 
 class AlertDigest(logging.Handler):
@@ -53,16 +63,24 @@ class AlertDigest(logging.Handler):
             text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
         self.records.put((record.levelname, record.name, text[:500]))
 
-    def install(self) -> None:
+    def start(self) -> None:
+        """Attach the handler and start the sender task (in the worker's event loop)."""
         for name in WATCHED_LOGGERS:
             logging.getLogger(name).addHandler(self)
+        self.sender = asyncio.create_task(self._send_every_window(), name="alert-digests")
 
-    def uninstall(self) -> None:
+    async def stop(self) -> None:
+        """Detach, stop the sender, and mail what is left of the last window (5 s at most)."""
         for name in WATCHED_LOGGERS:
             logging.getLogger(name).removeHandler(self)
+        self.sender.cancel()
+        with suppress(asyncio.CancelledError):
+            await self.sender
+        with suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.send_digest()
 
-    async def run(self) -> None:
-        """The sender: one digest per window, for as long as the worker lives."""
+    async def _send_every_window(self) -> None:
         while True:
             await asyncio.sleep(self.settings.alert_digest_seconds)
             await self.send_digest()
