@@ -202,7 +202,7 @@ class Server:
         self.lines: list[str] = []
         self._lock = threading.Lock()
         argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(workers), *extra]
+                "--workers", str(workers), "--no-access-log", *extra]
         self.started_at = now()
         self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -276,8 +276,9 @@ class Server:
 class Redis:
     """A redis-server of our own on a free port, no persistence (a restart starts empty)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory, free_port()
+    def __init__(self, directory: Path, persist: bool = False) -> None:
+        self.directory, self.port, self.persist = directory, free_port(), persist
+        directory.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -291,7 +292,7 @@ class Redis:
 
     def start(self) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.directory)]
+                "--appendonly", "yes" if self.persist else "no", "--dir", str(self.directory)]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
         client = self.client()
 
@@ -666,12 +667,13 @@ def measure_alert_burst(ctx: dict[str, Any], rounds: int = 2, seconds: float = 6
 # -- soak -------------------------------------------------------------------------------------------
 
 
-def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int) -> dict[str, Any]:
+def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int, persist: bool = False) -> dict[str, Any]:
     """Faults every 3-6 s (seeded) for ``minutes`` against reports every 2 s.
 
     file: one server of 4 workers; redis: two servers of 4 workers sharing one Redis,
     LOCK_TTL_SECONDS=3. Faults: kill -9 of a random worker or of the primary, HUP reload of a
-    master; redis also: Redis restart (kill + start on the same port, empty: no persistence) and
+    master; redis also: Redis restart (kill -9 + start on the same port; empty unless
+    ``persist``, which runs Redis with appendonly yes as the generated docker-compose.yml does) and
     SIGSTOP of the primary for 5 s, then SIGCONT. Primary intervals come from the role lines (read
     times): an interval ends at the demotion line, at the kill time of a killed worker, at the first
     time the script saw the pid dead, or for a paused primary at pause + (ttl - safety margin) =
@@ -685,7 +687,7 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int) -> dict[s
         env["LOCK_PATH"] = str(tmp / f"soak-{uuid.uuid4().hex[:6]}" / "primary.lock")
         count = 1
     else:
-        redis_server = Redis(tmp)
+        redis_server = Redis(tmp / f"redis-soak-{uuid.uuid4().hex[:6]}", persist)
         env.update(REDIS_URL=redis_server.url, LOCK_KEY_PREFIX="soak", LOCK_TTL_SECONDS="3")
         count = 2
     servers = [Server(f"{backend}-{i}", f"{PACKAGE}.api:app", project_env(project, **env), project)
@@ -714,9 +716,10 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int) -> dict[s
 
     kinds = ["kill_random", "kill_primary", "hup"] + (["redis_restart", "sigstop_primary"] if redis_server else [])
     try:
-        for s in servers:
-            if s.steady(40) is None and not all_primaries():
-                raise RuntimeError(f"{s.name} did not start:\n{s.output()[-3000:]}")
+        def started() -> bool:
+            return len(all_primaries()) == 1 and all(len(s.live_workers()) >= s.workers for s in servers)
+        if not wait_until(started, 40):
+            raise RuntimeError(f"no steady start:\n{servers[0].output()[-3000:]}")
         start = now()
         end = start + minutes * 60
         while now() < end:
@@ -763,7 +766,9 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int) -> dict[s
             redis_server.stop()
         time.sleep(0.5)
         sink.stop()
-    return analyse_soak(backend, servers, sink, faults, pause_caps, death_seen, start, stop_at, minutes, seed)
+    result = analyse_soak(backend, servers, sink, faults, pause_caps, death_seen, start, stop_at, minutes, seed)
+    result["redis_appendonly"] = persist if backend == "redis" else None
+    return result
 
 
 def analyse_soak(backend: str, servers: list[Server], sink: MailSink, faults: list[dict[str, Any]],
@@ -883,7 +888,7 @@ def print_default(res: dict[str, Any]) -> list[str]:
 
 
 def print_soak(results: list[dict[str, Any]]) -> None:
-    rows = [[r["backend"], f"{r['minutes']:g} min", sum(r["fault_counts"].values()), r["periods_expected"],
+    rows = [[r["backend"] + (" (appendonly)" if r.get("redis_appendonly") else ""), f"{r['minutes']:g} min", sum(r["fault_counts"].values()), r["periods_expected"],
              r["reports_delivered"], len(r["duplicates"]), len(r["missed"]), r["time_without_primary_s"],
              r["longest_gap_s"], r["overlap_s"]] for r in results]
     table("Soak (targets: 0 duplicates, 0 missed, 0 overlap)",
@@ -905,6 +910,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--backend", choices=["file", "redis", "both"], default="both")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--redis-persist", action="store_true",
+                        help="soak: run redis-server with appendonly yes (as docker-compose.yml does)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not shutil.which("redis-server"):
@@ -919,9 +926,9 @@ def main() -> None:
         results: dict[str, Any] = {"argv": sys.argv, "python": sys.version.split()[0], "nproc": os.cpu_count()}
         if args.soak:
             backends = ["file", "redis"] if args.backend == "both" else [args.backend]
-            results["soak"] = [soak(ctx, b, args.minutes, args.seed) for b in backends]
+            results["soak"] = [soak(ctx, b, args.minutes, args.seed, args.redis_persist) for b in backends]
         else:
-            ctx["redis"] = Redis(tmp)
+            ctx["redis"] = Redis(tmp / "redis")
             try:
                 steps = {
                     "failover": lambda: measure_failover(ctx, args.trials),
