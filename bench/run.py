@@ -44,6 +44,7 @@ ROLE_LINE = re.compile(r"Worker (?:startup|role change): pid=(\d+), primary=(Tru
 EPOCH_LINE = re.compile(r"Startup task done: migration ran on the primary \(pid=(\d+), epoch=(\d+)\)")
 REPORT_ID = re.compile(r"<report\.(\d{8}T\d{6}Z)\.")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOG_DIR: Path | None = None  # set by main(): where each stopped server's log is written
 NONE_AFTER = 15.0  # a failover trial with no new primary within this long counts as "none"
 
 
@@ -267,6 +268,9 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
+        if LOG_DIR is not None:  # keep the whole log as evidence (bench/results/logs/)
+            LOG_DIR.mkdir(parents=True, exist_ok=True)
+            (LOG_DIR / f"{self.name}-{self.port}.log").write_text(self.output())
 
     def output(self) -> str:
         with self._lock:
@@ -401,20 +405,50 @@ def measure_failover(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
                       LOCK_TTL_SECONDS="3")
     r = start_steady(lambda: Server("ours-redis", f"{PACKAGE}.api:app", env, redis_project))
     try:
-        for name, signum in (("redis_crash", signal.SIGKILL), ("redis_handover", signal.SIGTERM)):
-            for i in range(trials):
-                results[name].append(failover_trial(r, signum))
-                print(f"  {name} trial {i + 1}/{trials}: {fmt(results[name][-1])} ms", flush=True)
+        for i in range(trials):
+            results["redis_crash"].append(failover_trial(r, signal.SIGKILL))
+            print(f"  redis_crash trial {i + 1}/{trials}: {fmt(results['redis_crash'][-1])} ms", flush=True)
     finally:
         r.stop()
+    results.pop("redis_handover")
 
-    out: dict[str, Any] = {}
-    for name, values in results.items():
-        done = [v for v in values if v is not None]
-        out[name] = {**summary(done), "none": len(values) - len(done), "trials": len(values), "values_ms": values}
+    out = {name: failover_summary(values) for name, values in results.items()}
     base, ours_p50 = out["baseline"]["p50"], out["file"]["p50"]
     out["ratio_p50_file_over_baseline"] = (ours_p50 / base) if base and ours_p50 is not None else None
     return out
+
+
+def failover_summary(values: list[float | None]) -> dict[str, Any]:
+    done = [v for v in values if v is not None]
+    return {**summary(done), "none": len(values) - len(done), "trials": len(values), "values_ms": values}
+
+
+def measure_handover(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
+    """Redis graceful hand-over: SIGTERM to the primary worker (uvicorn restarts it), time to the
+    successor's promotion line (LOCK_TTL_SECONDS=3). A primary that is still alive 10 s after its
+    SIGTERM is counted as "stuck" and killed with SIGKILL so that the next trial can run; its trial
+    is "none" (the successor then only comes after the lease expires)."""
+    env = project_env(ctx["redis_project"], REDIS_URL=ctx["redis"].url,
+                      LOCK_KEY_PREFIX=f"ho-{uuid.uuid4().hex[:6]}", LOCK_TTL_SECONDS="3")
+    r = start_steady(lambda: Server("ours-redis-handover", f"{PACKAGE}.api:app", env, ctx["redis_project"]))
+    values: list[float | None] = []
+    stuck: list[dict[str, Any]] = []
+    try:
+        for i in range(trials):
+            primary = r.steady(30)
+            if primary is None:
+                raise RuntimeError("handover: not steady before a trial")
+            t0 = r.kill(primary, signal.SIGTERM)
+            t = wait_until(lambda: r.promotion_after(t0, {primary}), 10.0, 0.002)
+            values.append(None if t is None else (t - t0) * 1000)
+            if not wait_until(lambda: not is_alive(primary), max(0.0, t0 + 10 - now()) + 0.01, 0.02):
+                stuck.append({"trial": i + 1, "pid": primary})
+                r.kill(primary)
+            print(f"  redis_handover trial {i + 1}/{trials}: {fmt(values[-1])} ms"
+                  f"{' (primary stuck after SIGTERM, killed)' if stuck and stuck[-1]['trial'] == i + 1 else ''}", flush=True)
+    finally:
+        r.stop()
+    return {**failover_summary(values), "stuck_after_sigterm": stuck}
 
 
 def reload_trial_pair(servers: list[Server], makers: list[Callable[[], Server]]) -> list[str]:
@@ -855,10 +889,15 @@ def print_default(res: dict[str, Any]) -> list[str]:
     if "failover" in res:
         f = res["failover"]
         rows = [[name, f[name]["trials"], f[name]["none"], f[name]["p50"], f[name]["p95"], f[name]["max"]]
-                for name in ("file", "baseline", "redis_crash", "redis_handover")]
+                for name in ("file", "baseline", "redis_crash")]
+        if "handover" in res:
+            h = res["handover"]
+            rows.append(["redis_handover", h["trials"], h["none"], h["p50"], h["p95"], h["max"]])
         out.append(table("Failover latency (ms, kill -> successor's promotion line read)",
                          ["scenario", "trials", "none", "p50", "p95", "max"], rows))
         print(f"ratio p50 ours(file)/baseline: {fmt(f['ratio_p50_file_over_baseline'], 4)}")
+        if "handover" in res:
+            print(f"hand-over: primary still alive 10 s after SIGTERM (stuck) in {len(res['handover']['stuck_after_sigterm'])} trials: {res['handover']['stuck_after_sigterm']}")
     if "reloads" in res:
         rows = []
         for variant, r in res["reloads"].items():
@@ -904,7 +943,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--reload-trials", type=int, default=10)
     parser.add_argument("--load-seconds", type=float, default=5.0)
-    parser.add_argument("--only", default="failover,reloads,throughput,startup,standby_cost,alert_burst",
+    parser.add_argument("--only", default="failover,handover,reloads,throughput,startup,standby_cost,alert_burst",
                         help="comma-separated subset of the default-mode measurements")
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--minutes", type=float, default=3.0)
@@ -914,9 +953,15 @@ def main() -> None:
                         help="soak: run redis-server with appendonly yes (as docker-compose.yml does)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    # Stop cleanly (the finally blocks stop every server) on SIGTERM, and on SIGINT even when started
+    # in the background of a non-interactive shell, which ignores SIGINT.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not shutil.which("redis-server"):
         sys.exit("redis-server is not on PATH")
     out = args.out or ROOT / "bench" / "results" / ("soak.json" if args.soak else "latest.json")
+    global LOG_DIR
+    LOG_DIR = out.parent / "logs" / out.stem
     started = now()
     with tempfile.TemporaryDirectory(prefix="bench-") as name:
         tmp = Path(name)
@@ -932,6 +977,7 @@ def main() -> None:
             try:
                 steps = {
                     "failover": lambda: measure_failover(ctx, args.trials),
+                    "handover": lambda: measure_handover(ctx, args.trials),
                     "reloads": lambda: measure_reloads(ctx, args.reload_trials),
                     "throughput": lambda: measure_throughput(ctx, args.load_seconds),
                     "startup": lambda: measure_startup(ctx),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 import tomllib
@@ -12,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from conftest import BIN, backend_only_files, check, run, template_choices
+from conftest import BIN, ROOT, backend_only_files, check, run, template_choices
 
 LOCK_BACKENDS = template_choices("lock_backend")  # adding "redis" to cookiecutter.json extends these
 PYTHON_VERSIONS = template_choices("python_version")
 COMBINATIONS = [(backend, version) for backend in LOCK_BACKENDS for version in PYTHON_VERSIONS]
-LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.[A-Za-z_]")
+VARIABLES = [name for name in json.loads((ROOT / "cookiecutter.json").read_text()) if not name.startswith("_")]
+LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.(?:" + "|".join(VARIABLES) + r")\b")
 
 WEIRD_NAME = "Café \"Zürich\" {Ops} 'Alerts'"
 WEIRD_DESCRIPTION = "Says \"hi\" and 'bye' to C:\\ops\\ {x} \"\"\" and ''' too \\"
