@@ -70,7 +70,10 @@ def report_scheduler(settings: Settings) -> SingletonService:
             while True:
                 await due.wait()
                 due.clear()
-                await reports.send_due()  # in this task: cancelled with it on demotion
+                try:
+                    await reports.send_due()  # in this task: cancelled with it on demotion
+                except Exception as exc:  # e.g. the lock backend blinked: the next firing retries
+                    logger.warning("Sending the due reports failed, will retry at the next run: %s", exc)
         finally:
             scheduler.shutdown(wait=False)
 
