@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -270,3 +271,26 @@ def _answers(settings: Settings) -> bool:
             await lock.client.aclose()
 
     return asyncio.run(ping())
+
+
+def test_cancelling_a_renewing_primary_always_stops_it(lock_env: dict[str, str]) -> None:
+    """redis-py may swallow a cancellation that arrives during a command; the lock re-raises it, or
+    a primary told to shut down would renew its lease forever and its worker would never exit."""
+    settings = settings_from(lock_env)
+
+    async def scenario() -> int:
+        lost = 0
+        for attempt in range(150):
+            lock = RedisLock(
+                settings.redis_url, f"{settings.lock_key_prefix}-{attempt}", ttl=0.3, retry_seconds=1
+            )
+            assert await lock.try_acquire()
+            holding = asyncio.create_task(lock.hold())
+            await asyncio.sleep(random.uniform(0.09, 0.11))  # aim at a renewal (every 0.1 s) in flight
+            holding.cancel()
+            done, _ = await asyncio.wait({holding}, timeout=1)
+            lost += not done
+            await lock.close()
+        return lost
+
+    assert asyncio.run(scenario()) == 0

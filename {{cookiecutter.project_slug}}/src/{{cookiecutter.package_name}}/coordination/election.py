@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,10 +96,16 @@ class Election:
 
     async def stop(self) -> None:
         """Stop campaigning, stop the singleton services, then release the lock (in that order)."""
+        self._retiring = True
         if self._campaign_task is not None:
             self._campaign_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._campaign_task
+            # Bounded: shutting down must never hang on a lock backend (the release below ends
+            # any renewal loop that would still be running).
+            done, _ = await asyncio.wait({self._campaign_task}, timeout=SERVICE_STOP_SECONDS)
+            if not done:
+                logger.error("The election task did not stop in time; releasing the lock anyway")
+            elif not self._campaign_task.cancelled() and self._campaign_task.exception():
+                logger.error("The election task failed", exc_info=self._campaign_task.exception())
         if self.primary_since is not None:
             await self._demote()
         await self.lock.close()

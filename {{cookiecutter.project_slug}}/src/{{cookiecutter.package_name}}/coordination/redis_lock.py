@@ -53,6 +53,18 @@ async def _set_on_message(pubsub: PubSub, event: asyncio.Event) -> None:
             event.set()
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that redis-py swallowed.
+
+    redis-py can turn a cancellation that arrives during a command into a timeout error (or a
+    normal return), so the cancelled task would carry on renewing or retrying and never stop. The
+    task still counts the request (``Task.cancelling()``), so after every Redis call we check it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def safety_margin(ttl: float) -> float:
     """How long before the lease expires the primary gives up: 2 s, or a third of a short ttl."""
     return min(2.0, ttl / 3)
@@ -96,11 +108,17 @@ class RedisLock:
         token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
         sent_at = time.monotonic()
         try:
-            if not await self._lease.acquire(token=token):
-                return False
+            acquired = await self._lease.acquire(token=token)
         except RedisError as exc:
+            raise_if_cancelled()
             raise self._unreachable(exc) from exc
+        if not acquired:
+            raise_if_cancelled()
+            return False
         self._renewed_at, self.token = sent_at, token
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            await self.release()  # cancelled while the lease was being taken: give it back
+            raise asyncio.CancelledError
         try:
             self.epoch = await self.client.incr(self.epoch_key)
             since = datetime.now(UTC).isoformat(timespec="seconds")
@@ -125,6 +143,7 @@ class RedisLock:
                     with suppress(TimeoutError):
                         async with asyncio.timeout(self.retry_seconds):
                             await released.wait()
+                    raise_if_cancelled()
                     if listener.done():
                         listener.result()  # the subscription broke: raise its error
             finally:
@@ -153,11 +172,13 @@ class RedisLock:
             last_attempt = time.monotonic()
             try:
                 await self._lease.extend(self.ttl, replace_ttl=True)
+                raise_if_cancelled()
             except LockNotOwnedError:
                 self._renewed_at = None
                 logger.warning("The primary lease (%s) was taken over by another worker", self.key)
                 return
             except RedisError as exc:
+                raise_if_cancelled()
                 logger.warning("Renewing the primary lease failed, retrying: %s", exc)
             else:
                 self._renewed_at = last_attempt
