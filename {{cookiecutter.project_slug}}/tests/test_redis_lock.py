@@ -294,3 +294,30 @@ def test_cancelling_a_renewing_primary_always_stops_it(lock_env: dict[str, str])
         return lost
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_quick_redis_restart_that_loses_the_lease_never_makes_two_primaries(
+    start_server: Callable[..., Server], redis_server: RedisServer
+) -> None:
+    first, second = both_instances(start_server)
+    old_primary = single_primary(first, second)
+
+    redis_server.kill()  # no persistence: the lease, the epoch and the holder are gone
+    redis_server.start()  # back at once, before the old primary's lease could have expired
+
+    owner = first if old_primary in first.worker_pids() else second
+    owner.wait_for_log(rf"Worker role change: pid={old_primary}, primary=False", timeout=TTL + SLACK)
+    single_primary(first, second)  # whoever wins, once the old primary has stepped down
+    # Merge both instances' role changes by the time they were read: never two primaries at once.
+    events = sorted(
+        (when, pid, primary)
+        for server in (first, second)
+        for (pid, primary), when in zip(server.events, server.event_times, strict=True)
+    )
+    current: set[int] = set()
+    for _, pid, primary in events:
+        if primary:
+            assert not current - {pid}, f"pid {pid} became primary while {current} still was"
+            current.add(pid)
+        else:
+            current.discard(pid)

@@ -5,6 +5,7 @@ Start with ``election.py`` (the loop every worker runs), then the lock it campai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from ..config import Settings, load_settings
@@ -54,6 +55,7 @@ async def is_primary_worker(settings: Settings | None = None) -> tuple[bool, Pri
     lock = make_lock(settings or load_settings())
     try:
         if await lock.try_acquire():
+            await asyncio.sleep(lock.takeover_delay())  # see PrimaryLock.takeover_delay (usually 0)
             return True, lock
     except LockError as exc:
         logger.error("Primary lock unavailable, answering not primary: %s", exc)

@@ -96,6 +96,10 @@ class PrimaryLock(Protocol):
     def is_held(self) -> bool:
         """Whether this worker still holds the lock by its own reckoning, without any I/O."""
 
+    def takeover_delay(self) -> float:
+        """Seconds to hold a newly won lock before starting singleton work, because a previous
+        holder may still believe it holds the lock (Redis restarted and lost it); usually 0."""
+
     async def release(self) -> None:
         """Give the lock up if this worker holds it; never touches another worker's lock."""
 

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,6 +80,7 @@ class Election:
             self._lock_failed(exc)
         except Exception:
             logger.exception("Unexpected error in the first attempt at the primary lock")
+        won = won and self.lock.takeover_delay() == 0  # else the campaign promotes after the delay
         logger.info("Worker startup: pid=%d, primary=%s", os.getpid(), won)
         if won:
             self._promote(announce=False)
@@ -133,10 +135,12 @@ class Election:
         while not (self._retiring and self.primary_since is None):
             try:
                 if self.primary_since is None:
-                    if not await self.lock.try_acquire():
+                    if not self.lock.is_held() and not await self.lock.try_acquire():
                         self._lock_usable()  # reachable, merely held by someone else: wait for it
                         await self.lock.acquire()
                     self._lock_usable()
+                    if not await self._wait_for_takeover():
+                        continue  # lost the lock while waiting
                     if self._retiring:  # told to stop while it was waiting: not worth a promotion
                         await self.lock.release()
                         return
@@ -151,6 +155,18 @@ class Election:
                 await self._demote()
             if self._failures:
                 await asyncio.sleep(self._retry_delay())
+
+    async def _wait_for_takeover(self) -> bool:
+        """Hold (renew) a newly won lock for its takeover delay; False if it was lost meanwhile."""
+        delay = self.lock.takeover_delay()
+        if delay > 0:
+            logger.info(
+                "Won the lock; waiting %.1f s until any previous holder has surely stepped down", delay
+            )
+            with suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.lock.hold()  # returns early only if the lock is lost
+        return self.lock.is_held()
 
     def _promote(self, *, announce: bool) -> None:
         self.primary_since = datetime.now(UTC)

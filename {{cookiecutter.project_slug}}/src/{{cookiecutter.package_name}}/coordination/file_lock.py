@@ -76,6 +76,9 @@ class FileLock:
     def is_held(self) -> bool:
         return self._fd is not None
 
+    def takeover_delay(self) -> float:
+        return 0.0  # the kernel never grants a lock that another process still holds
+
     def verify(self) -> bool:
         """Held, and LOCK_PATH still names the locked file (checked before every ledger claim)."""
         return self._fd is not None and self._names_locked_file(self._fd)

@@ -13,6 +13,10 @@ Three rules keep it to exactly one primary:
   its own monotonic clock from *before* the renewal was sent. So a primary cut off from Redis, or
   paused (SIGSTOP, a long GC, a frozen VM) and then resumed, stops its singleton work before anybody
   else can acquire the key.
+* **A lease granted by a restarted Redis is not used at once.** Redis may have lost the previous
+  lease (no persistence, or the last second of it), while the primary holding it has not noticed
+  yet. So when the last lease was granted by another Redis run, the new holder waits ttl minus the
+  margin, until that primary has certainly stepped down, before it starts any singleton work.
 * **Every acquisition gets a new epoch** (``INCR <prefix>:epoch``), a fencing token: writes that must
   never come from a deposed primary are accepted only together with the current epoch and token.
 
@@ -103,6 +107,7 @@ class RedisLock:
         )
         self._lease = self.client.lock(self.key, timeout=ttl, blocking=False, thread_local=False)
         self._renewed_at: float | None = None  # monotonic time the last successful renewal was sent
+        self._takeover_at = 0.0  # monotonic time before which a newly won lease must not be used
 
     async def try_acquire(self) -> bool:
         token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
@@ -120,13 +125,23 @@ class RedisLock:
             await self.release()  # cancelled while the lease was being taken: give it back
             raise asyncio.CancelledError
         try:
+            server = (await self.client.info("server"))["run_id"]
+            previous = await self.client.get(self.holder_key)
             self.epoch = await self.client.incr(self.epoch_key)
             since = datetime.now(UTC).isoformat(timespec="seconds")
-            await self.client.set(self.holder_key, f"{token} {self.epoch} {since}")
+            await self.client.set(self.holder_key, f"{token} {self.epoch} {since} {server}")
         except RedisError as exc:
             await self.release()  # a lease without an epoch is no use to anybody
             raise self._unreachable(exc) from exc
+        # The last lease was granted by another Redis run (or this is the first lease ever): Redis
+        # restarted and may have lost a lease that a primary elsewhere still counts as valid. That
+        # primary steps down at most ttl - margin after its last renewal; wait that long.
+        if previous is None or str(previous).split(" ")[3:] != [server]:
+            self._takeover_at = sent_at + self.ttl - safety_margin(self.ttl)
         return True
+
+    def takeover_delay(self) -> float:
+        return max(0.0, self._takeover_at - time.monotonic())
 
     async def acquire(self) -> None:
         """Try now, then again on every release announcement or every ``retry_seconds``."""
@@ -212,7 +227,7 @@ class RedisLock:
         host = rest.rpartition("#")[0]
         epoch, since = 0, ""
         if details.startswith(f"{token} "):
-            _, epoch_text, since = details.split(" ", 2)
+            _, epoch_text, since, *_ = details.split(" ")
             epoch = int(epoch_text)
         return Holder(pid=int(pid) if pid.isdigit() else 0, host=host, since=since, epoch=epoch)
 
