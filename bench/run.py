@@ -194,19 +194,33 @@ def project_env(project: Path, **extra: str) -> dict[str, str]:
 class Server:
     """A uvicorn master (own session) and every role/epoch line its workers log, with read times."""
 
-    def __init__(self, name: str, app: str, env: dict[str, str], cwd: Path, workers: int = 4,
-                 extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, app: str, env: dict[str, str], cwd: Path, workers: int = 4, extra: tuple[str, ...] = ()
+    ) -> None:
         self.name, self.workers, self.port = name, workers, free_port()
         self.events: list[tuple[float, int, bool]] = []  # (read time, pid, primary)
         self.epochs: list[tuple[float, int, int]] = []  # (read time, pid, epoch)
         self.killed: dict[int, float] = {}  # pid -> when this script killed it
         self.lines: list[str] = []
         self._lock = threading.Lock()
-        argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(workers), "--no-access-log", *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            *extra,
+        ]
         self.started_at = now()
-        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -238,11 +252,13 @@ class Server:
 
     def steady(self, timeout: float = 30.0) -> int | None:
         """Wait until ``workers`` live workers and exactly one live primary; return the primary."""
+
         def check() -> int | None:
             primaries = self.primaries()
             if len(primaries) == 1 and len(self.live_workers()) >= self.workers:
                 return next(iter(primaries))
             return None
+
         return wait_until(check, timeout)
 
     def kill(self, pid: int, signum: int = signal.SIGKILL) -> float:
@@ -292,11 +308,23 @@ class Redis:
 
     def client(self) -> Any:
         import redis
+
         return redis.Redis(port=self.port, socket_timeout=2)
 
     def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.persist else "no", "--dir", str(self.directory)]
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--dir",
+            str(self.directory),
+        ]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
         client = self.client()
 
@@ -305,6 +333,7 @@ class Redis:
                 return bool(client.ping())
             except Exception:
                 return False
+
         if not wait_until(answers, 20, 0.02):
             raise RuntimeError("redis-server did not start")
         client.close()
@@ -326,6 +355,7 @@ class MailSink:
 
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
+
         self.port = free_port()
         self.messages: list[tuple[str, float]] = []
         self._lock = threading.Lock()
@@ -334,6 +364,7 @@ class MailSink:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         from email import message_from_bytes
+
         message = message_from_bytes(envelope.content)
         with self._lock:
             self.messages.append((str(message["Message-ID"] or ""), now()))
@@ -395,14 +426,18 @@ def measure_failover(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
                 b.stop()
                 b = start_steady(baseline)
             results["baseline"].append(failover_trial(b, signal.SIGKILL))
-            print(f"  failover trial {i + 1}/{trials}: file {fmt(results['file'][-1])} ms, "
-                  f"baseline {fmt(results['baseline'][-1])} ms", flush=True)
+            print(
+                f"  failover trial {i + 1}/{trials}: file {fmt(results['file'][-1])} ms, "
+                f"baseline {fmt(results['baseline'][-1])} ms",
+                flush=True,
+            )
     finally:
         a.stop()
         b.stop()
 
-    env = project_env(redis_project, REDIS_URL=ctx["redis"].url, LOCK_KEY_PREFIX=f"fo-{uuid.uuid4().hex[:6]}",
-                      LOCK_TTL_SECONDS="3")
+    env = project_env(
+        redis_project, REDIS_URL=ctx["redis"].url, LOCK_KEY_PREFIX=f"fo-{uuid.uuid4().hex[:6]}", LOCK_TTL_SECONDS="3"
+    )
     r = start_steady(lambda: Server("ours-redis", f"{PACKAGE}.api:app", env, redis_project))
     try:
         for i in range(trials):
@@ -428,8 +463,12 @@ def measure_handover(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
     successor's promotion line (LOCK_TTL_SECONDS=3). A primary that is still alive 10 s after its
     SIGTERM is counted as "stuck" and killed with SIGKILL so that the next trial can run; its trial
     is "none" (the successor then only comes after the lease expires)."""
-    env = project_env(ctx["redis_project"], REDIS_URL=ctx["redis"].url,
-                      LOCK_KEY_PREFIX=f"ho-{uuid.uuid4().hex[:6]}", LOCK_TTL_SECONDS="3")
+    env = project_env(
+        ctx["redis_project"],
+        REDIS_URL=ctx["redis"].url,
+        LOCK_KEY_PREFIX=f"ho-{uuid.uuid4().hex[:6]}",
+        LOCK_TTL_SECONDS="3",
+    )
     r = start_steady(lambda: Server("ours-redis-handover", f"{PACKAGE}.api:app", env, ctx["redis_project"]))
     values: list[float | None] = []
     stuck: list[dict[str, Any]] = []
@@ -444,8 +483,11 @@ def measure_handover(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
             if not wait_until(lambda: not is_alive(primary), max(0.0, t0 + 10 - now()) + 0.01, 0.02):
                 stuck.append({"trial": i + 1, "pid": primary})
                 r.kill(primary)
-            print(f"  redis_handover trial {i + 1}/{trials}: {fmt(values[-1])} ms"
-                  f"{' (primary stuck after SIGTERM, killed)' if stuck and stuck[-1]['trial'] == i + 1 else ''}", flush=True)
+            print(
+                f"  redis_handover trial {i + 1}/{trials}: {fmt(values[-1])} ms"
+                f"{' (primary stuck after SIGTERM, killed)' if stuck and stuck[-1]['trial'] == i + 1 else ''}",
+                flush=True,
+            )
     finally:
         r.stop()
     return {**failover_summary(values), "stuck_after_sigterm": stuck}
@@ -464,8 +506,10 @@ def reload_trial_pair(servers: list[Server], makers: list[Callable[[], Server]])
         server.hup()
     outcomes = []
     for server, old in zip(servers, olds):
+
         def complete() -> bool:
             return not any(is_alive(p) for p in old) and len(server.live_workers() - old) >= server.workers
+
         if not wait_until(complete, 90, 0.05):
             outcomes.append("incomplete")
             continue
@@ -483,6 +527,7 @@ def measure_reloads(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
     tmp, project = ctx["tmp"], ctx["file_project"]
     results: dict[str, Any] = {}
     for variant, slow in (("plain", "0"), ("slow_exit", "2")):
+
         def ours() -> Server:
             env = project_env(project, LOCK_PATH=str(tmp / f"rl-{uuid.uuid4().hex[:6]}.lock"), SLOW_EXIT_SECONDS=slow)
             if slow == "0":
@@ -490,7 +535,9 @@ def measure_reloads(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
             return Server("ours-file", "apps:slow_exit_app", env, project, extra=("--factory",))
 
         def baseline() -> Server:
-            env = base_env([ctx["apps"]], LOCK_PATH=str(tmp / f"rlb-{uuid.uuid4().hex[:6]}.lock"), SLOW_EXIT_SECONDS=slow)
+            env = base_env(
+                [ctx["apps"]], LOCK_PATH=str(tmp / f"rlb-{uuid.uuid4().hex[:6]}.lock"), SLOW_EXIT_SECONDS=slow
+            )
             return Server("baseline", "baseline_app:app", env, ctx["apps"])
 
         makers = [ours, baseline]
@@ -515,6 +562,7 @@ def measure_reloads(ctx: dict[str, Any], trials: int) -> dict[str, Any]:
 async def load(port: int, seconds: float, concurrency: int = 32) -> tuple[int, int]:
     """``concurrency`` coroutines GET /health back to back for ``seconds``: (ok, errors)."""
     import httpx
+
     ok = errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10) as client:
@@ -529,6 +577,7 @@ async def load(port: int, seconds: float, concurrency: int = 32) -> tuple[int, i
                     errors += response.status_code != 200
                 except httpx.HTTPError:
                     errors += 1
+
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return ok, errors
 
@@ -539,8 +588,9 @@ def measure_throughput(ctx: dict[str, Any], seconds: float, runs: int = 3) -> di
     asyncio httpx.AsyncClient with 32 concurrent requests in this process (same generator for both;
     it shares the 2 cores with the servers). 1 s of warm-up load before each server's first run."""
     tmp, project = ctx["tmp"], ctx["file_project"]
-    ours = start_steady(lambda: Server("ours-file", f"{PACKAGE}.api:app",
-                                       project_env(project, LOCK_PATH=str(tmp / "tp.lock")), project))
+    ours = start_steady(
+        lambda: Server("ours-file", f"{PACKAGE}.api:app", project_env(project, LOCK_PATH=str(tmp / "tp.lock")), project)
+    )
     plain = Server("plain", "plain_app:app", base_env([ctx["apps"]]), ctx["apps"])
     rates: dict[str, list[float]] = {"ours_file": [], "plain": []}
     try:
@@ -556,12 +606,18 @@ def measure_throughput(ctx: dict[str, Any], seconds: float, runs: int = 3) -> di
         ours.stop()
         plain.stop()
     med = {k: statistics.median(v) for k, v in rates.items()}
-    return {"runs_req_per_s": rates, "median": med, "ratio_ours_over_plain": med["ours_file"] / med["plain"],
-            "seconds": seconds, "concurrency": 32}
+    return {
+        "runs_req_per_s": rates,
+        "median": med,
+        "ratio_ours_over_plain": med["ours_file"] / med["plain"],
+        "seconds": seconds,
+        "concurrency": 32,
+    }
 
 
 def _answers(port: int) -> bool:
     import httpx
+
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
@@ -579,8 +635,11 @@ def measure_startup(ctx: dict[str, Any], trials: int = 5) -> dict[str, Any]:
         project = ctx[f"{backend}_project"]
         times = []
         for _ in range(trials):
-            scope = ({"LOCK_PATH": str(ctx["tmp"] / f"st-{uuid.uuid4().hex[:6]}.lock")} if backend == "file" else
-                     {"REDIS_URL": ctx["redis"].url, "LOCK_KEY_PREFIX": f"st-{uuid.uuid4().hex[:6]}"})
+            scope = (
+                {"LOCK_PATH": str(ctx["tmp"] / f"st-{uuid.uuid4().hex[:6]}.lock")}
+                if backend == "file"
+                else {"REDIS_URL": ctx["redis"].url, "LOCK_KEY_PREFIX": f"st-{uuid.uuid4().hex[:6]}"}
+            )
             server = Server(f"startup-{backend}", f"{PACKAGE}.api:app", project_env(project, **scope), project)
             try:
                 t = wait_until(lambda: server.promotion_after(0, set()), 30, 0.005)
@@ -606,8 +665,9 @@ def measure_standby_cost(ctx: dict[str, Any], seconds: float = 10.0) -> dict[str
     project, redis_server = ctx["redis_project"], ctx["redis"]
     out: dict[str, Any] = {}
     for ttl in ("10", "3"):
-        env = project_env(project, REDIS_URL=redis_server.url, LOCK_KEY_PREFIX=f"sb-{uuid.uuid4().hex[:6]}",
-                          LOCK_TTL_SECONDS=ttl)
+        env = project_env(
+            project, REDIS_URL=redis_server.url, LOCK_KEY_PREFIX=f"sb-{uuid.uuid4().hex[:6]}", LOCK_TTL_SECONDS=ttl
+        )
         server = start_steady(lambda: Server("standby-cost", f"{PACKAGE}.api:app", env, project))
         try:
             time.sleep(2)
@@ -617,15 +677,23 @@ def measure_standby_cost(ctx: dict[str, Any], seconds: float = 10.0) -> dict[str
 
             def calls() -> int:
                 return sum(v["calls"] for v in client.info("commandstats").values())
+
             c0, ticks0, t0 = calls(), {p: cpu_ticks(p) for p in standbys}, now()
             time.sleep(seconds)
             c1, ticks1, t1 = calls(), {p: cpu_ticks(p) for p in standbys}, now()
             elapsed = t1 - t0
             total = (c1 - c0 - 1) / elapsed  # one INFO of ours is in the window
             cpu = [100 * (ticks1[p] - ticks0[p]) / CLK_TCK / elapsed for p in standbys]
-            out[f"ttl_{ttl}"] = {"redis_cmds_per_s_total": total, "redis_cmds_per_s_per_worker": total / 4,
-                                 "standby_cpu_percent": cpu, "window_s": elapsed}
-            print(f"  standby cost ttl={ttl}: {total / 4:.2f} cmd/s/worker, standby CPU {[round(c, 2) for c in cpu]} %", flush=True)
+            out[f"ttl_{ttl}"] = {
+                "redis_cmds_per_s_total": total,
+                "redis_cmds_per_s_per_worker": total / 4,
+                "standby_cpu_percent": cpu,
+                "window_s": elapsed,
+            }
+            print(
+                f"  standby cost ttl={ttl}: {total / 4:.2f} cmd/s/worker, standby CPU {[round(c, 2) for c in cpu]} %",
+                flush=True,
+            )
             client.close()
         finally:
             server.stop()
@@ -639,10 +707,12 @@ async def probe(port: int, seconds: float, burst_at: float | None, concurrency: 
     """``concurrency`` sequential /health probers for ``seconds``; optionally fire 100 concurrent
     GET /errors?count=10 (1,000 ERROR records) ``burst_at`` seconds in."""
     import httpx
+
     latencies: list[float] = []
     burst: dict[str, Any] = {}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                                 limits=httpx.Limits(max_connections=200)) as client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=200)
+    ) as client:
         end = now() + seconds
 
         async def prober() -> None:
@@ -654,10 +724,12 @@ async def probe(port: int, seconds: float, burst_at: float | None, concurrency: 
         async def fire() -> None:
             await asyncio.sleep(burst_at or 0)
             t = now()
-            responses = await asyncio.gather(*(client.get("/errors", params={"count": 10}) for _ in range(100)),
-                                             return_exceptions=True)
+            responses = await asyncio.gather(
+                *(client.get("/errors", params={"count": 10}) for _ in range(100)), return_exceptions=True
+            )
             burst["seconds"] = now() - t
             burst["ok"] = sum(1 for r in responses if not isinstance(r, Exception) and r.status_code == 200)
+
         tasks = [prober() for _ in range(concurrency)] + ([fire()] if burst_at is not None else [])
         await asyncio.gather(*tasks)
     return {"latencies": latencies, "burst": burst}
@@ -671,9 +743,15 @@ def measure_alert_burst(ctx: dict[str, Any], rounds: int = 2, seconds: float = 6
     alternate quiet/burst."""
     tmp, project = ctx["tmp"], ctx["file_project"]
     sink = MailSink()
-    env = project_env(project, LOCK_PATH=str(tmp / "alert.lock"), ALERT_RECIPIENTS="ops@example.com",
-                      EMAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=str(sink.port),
-                      ALERT_DIGEST_SECONDS="2")
+    env = project_env(
+        project,
+        LOCK_PATH=str(tmp / "alert.lock"),
+        ALERT_RECIPIENTS="ops@example.com",
+        EMAIL_BACKEND="smtp",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(sink.port),
+        ALERT_DIGEST_SECONDS="2",
+    )
     server = start_steady(lambda: Server("noisy", "apps:noisy_app", env, project, extra=("--factory",)))
     quiet: list[float] = []
     noisy: list[float] = []
@@ -694,8 +772,13 @@ def measure_alert_burst(ctx: dict[str, Any], rounds: int = 2, seconds: float = 6
     finally:
         server.stop()
         sink.stop()
-    return {"quiet_ms": summary(quiet), "burst_ms": summary(noisy), "bursts": bursts,
-            "digest_mails_received": mails, "live_workers_after": alive}
+    return {
+        "quiet_ms": summary(quiet),
+        "burst_ms": summary(noisy),
+        "bursts": bursts,
+        "digest_mails_received": mails,
+        "live_workers_after": alive,
+    }
 
 
 # -- soak -------------------------------------------------------------------------------------------
@@ -714,8 +797,13 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int, persist: 
     pause + 2 s, by when the design guarantees that it has stopped singleton work."""
     tmp, project = ctx["tmp"], ctx[f"{backend}_project"]
     sink = MailSink()
-    env = dict(EMAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=str(sink.port),
-               REPORT_SCHEDULE="*/2 * * * * *", REPORT_RECIPIENTS="ops@example.com")
+    env = dict(
+        EMAIL_BACKEND="smtp",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(sink.port),
+        REPORT_SCHEDULE="*/2 * * * * *",
+        REPORT_RECIPIENTS="ops@example.com",
+    )
     redis_server = None
     if backend == "file":
         env["LOCK_PATH"] = str(tmp / f"soak-{uuid.uuid4().hex[:6]}" / "primary.lock")
@@ -724,11 +812,12 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int, persist: 
         redis_server = Redis(tmp / f"redis-soak-{uuid.uuid4().hex[:6]}", persist)
         env.update(REDIS_URL=redis_server.url, LOCK_KEY_PREFIX="soak", LOCK_TTL_SECONDS="3")
         count = 2
-    servers = [Server(f"{backend}-{i}", f"{PACKAGE}.api:app", project_env(project, **env), project)
-               for i in range(count)]
+    servers = [
+        Server(f"{backend}-{i}", f"{PACKAGE}.api:app", project_env(project, **env), project) for i in range(count)
+    ]
     rng = random.Random(seed)
     faults: list[dict[str, Any]] = []
-    pause_caps: dict[int, float] = {}
+    pause_caps: dict[int, list[float]] = {}  # pid -> pause time + 2 s, for every pause
     death_seen: dict[int, float] = {}
 
     def all_primaries() -> set[int]:
@@ -750,8 +839,10 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int, persist: 
 
     kinds = ["kill_random", "kill_primary", "hup"] + (["redis_restart", "sigstop_primary"] if redis_server else [])
     try:
+
         def started() -> bool:
             return len(all_primaries()) == 1 and all(len(s.live_workers()) >= s.workers for s in servers)
+
         if not wait_until(started, 40):
             raise RuntimeError(f"no steady start:\n{servers[0].output()[-3000:]}")
         start = now()
@@ -785,10 +876,13 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int, persist: 
             elif kind == "sigstop_primary":
                 pid = rng.choice(sorted(primaries))
                 t = owner(pid).kill(pid, signal.SIGSTOP)
-                pause_caps[pid] = t + 2.0  # ttl 3 - safety margin 1
+                pause_caps.setdefault(pid, []).append(t + 2.0)  # ttl 3 - safety margin 1
                 fault["pid"] = pid
                 watch(5)
-                os.kill(pid, signal.SIGCONT)
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:  # uvicorn's master kills a worker that misses its health check
+                    fault["note"] = "gone before SIGCONT (killed by the uvicorn master's health check)"
             faults.append(fault)
             print(f"  soak {backend} t={fault['t']:.1f}s {fault}", flush=True)
         watch(8)  # quiet tail: last reloads complete, catch-up reports go out
@@ -805,16 +899,27 @@ def soak(ctx: dict[str, Any], backend: str, minutes: float, seed: int, persist: 
     return result
 
 
-def analyse_soak(backend: str, servers: list[Server], sink: MailSink, faults: list[dict[str, Any]],
-                 pause_caps: dict[int, float], death_seen: dict[int, float], start: float,
-                 stop_at: float, minutes: float, seed: int) -> dict[str, Any]:
+def analyse_soak(
+    backend: str,
+    servers: list[Server],
+    sink: MailSink,
+    faults: list[dict[str, Any]],
+    pause_caps: dict[int, list[float]],
+    death_seen: dict[int, float],
+    start: float,
+    stop_at: float,
+    minutes: float,
+    seed: int,
+) -> dict[str, Any]:
     """Turn the recorded lines into primary intervals, overlaps, time without a primary, and the
     report counts (expected every 2 s from the first to the last period received)."""
     events = sorted((t, pid, p, s.name) for s in servers for t, pid, p in s.events)
-    epochs: dict[int, int] = {}
-    for s in servers:
-        for _, pid, epoch in s.epochs:
-            epochs[pid] = epoch
+    epoch_lines = sorted((t, pid, epoch) for s in servers for t, pid, epoch in s.epochs)
+
+    def epoch_of(pid: int, since: float) -> int | None:
+        """The epoch a primary logged right after the promotion read at ``since``."""
+        return next((e for t, p, e in epoch_lines if p == pid and t >= since - 0.001), None)
+
     killed = {pid: t for s in servers for pid, t in s.killed.items()}
     intervals: list[dict[str, Any]] = []
     open_: dict[int, float] = {}
@@ -827,11 +932,12 @@ def analyse_soak(backend: str, servers: list[Server], sink: MailSink, faults: li
         intervals.append({"pid": pid, "start": t, "end": stop_at, "end_by": "still primary at stop"})
     for iv in intervals:  # earlier ends that the log cannot show
         pid = iv["pid"]
-        for t, why in ((killed.get(pid), "kill -9"), (pause_caps.get(pid), "SIGSTOP + 2 s"),
-                       (death_seen.get(pid), "seen dead")):
+        ends = [(killed.get(pid), "kill -9"), (death_seen.get(pid), "seen dead")]
+        ends += [(cap, "SIGSTOP + 2 s") for cap in pause_caps.get(pid, [])]
+        for t, why in ends:
             if t is not None and iv["start"] <= t < iv["end"]:
                 iv["end"], iv["end_by"] = t, why
-        iv["epoch"] = epochs.get(pid)
+        iv["epoch"] = epoch_of(pid, iv["start"])
     intervals.sort(key=lambda iv: iv["start"])
     # Sweep: time with 0 and with >= 2 primaries, from the first promotion to the stop.
     points = sorted([(iv["start"], 1) for iv in intervals] + [(iv["end"], -1) for iv in intervals])
@@ -852,6 +958,7 @@ def analyse_soak(backend: str, servers: list[Server], sink: MailSink, faults: li
     ids = sink.ids()
     counts = Counter(mid for mid in ids if mid.startswith("<report."))
     from datetime import datetime, timedelta
+
     periods = sorted({datetime.strptime(REPORT_ID.search(mid)[1], "%Y%m%dT%H%M%SZ") for mid in counts})
     missed: list[str] = []
     expected = 0
@@ -865,19 +972,30 @@ def analyse_soak(backend: str, servers: list[Server], sink: MailSink, faults: li
             p += timedelta(seconds=2)
     duplicates = {mid: n for mid, n in counts.items() if n > 1}
     return {
-        "backend": backend, "minutes": minutes, "seed": seed, "servers": len(servers), "faults": faults,
+        "backend": backend,
+        "minutes": minutes,
+        "seed": seed,
+        "servers": len(servers),
+        "faults": faults,
         "fault_counts": dict(Counter(f["kind"] for f in faults)),
-        "role_changes": [{"t": t - start, "pid": pid, "primary": p, "server": name, "epoch": epochs.get(pid)}
-                         for t, pid, p, name in events],
+        "role_changes": [
+            {"t": t - start, "pid": pid, "primary": p, "server": name, "epoch": epoch_of(pid, t) if p else None}
+            for t, pid, p, name in events
+        ],
         "intervals": [{**iv, "start": iv["start"] - start, "end": iv["end"] - start} for iv in intervals],
-        "periods_expected": expected, "reports_delivered": sum(counts.values()),
-        "distinct_periods": len(periods), "duplicates": duplicates, "missed": missed,
-        "time_without_primary_s": none_time, "longest_gap_s": max(gaps, default=0.0),
-        "overlap_s": overlap_time, "overlaps": overlaps,
+        "periods_expected": expected,
+        "reports_delivered": sum(counts.values()),
+        "distinct_periods": len(periods),
+        "duplicates": duplicates,
+        "missed": missed,
+        "time_without_primary_s": none_time,
+        "longest_gap_s": max(gaps, default=0.0),
+        "overlap_s": overlap_time,
+        "overlaps": overlaps,
         "note": "interval end of a SIGSTOPped primary = pause + 2 s (ttl 3 - safety margin 1), the "
-                "design's guarantee; a killed worker's interval ends at its kill time; times are when "
-                "this script read the lines (two servers = two pipes, so ms-scale overlaps across "
-                "servers can be reading jitter).",
+        "design's guarantee; a killed worker's interval ends at its kill time; times are when "
+        "this script read the lines (two servers = two pipes, so ms-scale overlaps across "
+        "servers can be reading jitter).",
     }
 
 
@@ -888,53 +1006,132 @@ def print_default(res: dict[str, Any]) -> list[str]:
     out = []
     if "failover" in res:
         f = res["failover"]
-        rows = [[name, f[name]["trials"], f[name]["none"], f[name]["p50"], f[name]["p95"], f[name]["max"]]
-                for name in ("file", "baseline", "redis_crash")]
+        rows = [
+            [name, f[name]["trials"], f[name]["none"], f[name]["p50"], f[name]["p95"], f[name]["max"]]
+            for name in ("file", "baseline", "redis_crash")
+        ]
         if "handover" in res:
             h = res["handover"]
             rows.append(["redis_handover", h["trials"], h["none"], h["p50"], h["p95"], h["max"]])
-        out.append(table("Failover latency (ms, kill -> successor's promotion line read)",
-                         ["scenario", "trials", "none", "p50", "p95", "max"], rows))
+        out.append(
+            table(
+                "Failover latency (ms, kill -> successor's promotion line read)",
+                ["scenario", "trials", "none", "p50", "p95", "max"],
+                rows,
+            )
+        )
         print(f"ratio p50 ours(file)/baseline: {fmt(f['ratio_p50_file_over_baseline'], 4)}")
         if "handover" in res:
-            print(f"hand-over: primary still alive 10 s after SIGTERM (stuck) in {len(res['handover']['stuck_after_sigterm'])} trials: {res['handover']['stuck_after_sigterm']}")
+            print(
+                f"hand-over: primary still alive 10 s after SIGTERM (stuck) in {len(res['handover']['stuck_after_sigterm'])} trials: {res['handover']['stuck_after_sigterm']}"
+            )
     if "reloads" in res:
         rows = []
         for variant, r in res["reloads"].items():
             for who in ("ours_file", "baseline"):
                 c = r[who]
-                rows.append([variant, who, r["trials"], c.get("primary", 0), c.get("none", 0), c.get("two", 0), c.get("incomplete", 0)])
-        out.append(table("HUP reloads: outcome once complete (+3 s)", ["variant", "server", "trials", "primary", "NO primary", "two", "incomplete"], rows))
+                rows.append(
+                    [
+                        variant,
+                        who,
+                        r["trials"],
+                        c.get("primary", 0),
+                        c.get("none", 0),
+                        c.get("two", 0),
+                        c.get("incomplete", 0),
+                    ]
+                )
+        out.append(
+            table(
+                "HUP reloads: outcome once complete (+3 s)",
+                ["variant", "server", "trials", "primary", "NO primary", "two", "incomplete"],
+                rows,
+            )
+        )
     if "throughput" in res:
         t = res["throughput"]
-        rows = [[k, ", ".join(f"{v:.0f}" for v in t["runs_req_per_s"][k]), t["median"][k]] for k in ("ours_file", "plain")]
+        rows = [
+            [k, ", ".join(f"{v:.0f}" for v in t["runs_req_per_s"][k]), t["median"][k]] for k in ("ours_file", "plain")
+        ]
         out.append(table("Throughput GET /health (req/s, 32 concurrent, 4 workers)", ["app", "runs", "median"], rows))
         print(f"ratio ours/plain: {t['ratio_ours_over_plain']:.3f}")
     if "startup" in res:
         s = res["startup"]
-        out.append(table("Start to first primary (ms)", ["backend", "n", "p50", "max"],
-                         [[b, s[b]["n"], s[b]["p50"], s[b]["max"]] for b in ("file", "redis")]))
+        out.append(
+            table(
+                "Start to first primary (ms)",
+                ["backend", "n", "p50", "max"],
+                [[b, s[b]["n"], s[b]["p50"], s[b]["max"]] for b in ("file", "redis")],
+            )
+        )
     if "standby_cost" in res:
-        rows = [[k, v["redis_cmds_per_s_total"], v["redis_cmds_per_s_per_worker"],
-                 ", ".join(f"{c:.2f}" for c in v["standby_cpu_percent"])] for k, v in res["standby_cost"].items()]
-        out.append(table("Redis at rest (4 workers, 10 s)", ["setting", "cmd/s total", "cmd/s per worker", "standby CPU %"], rows))
+        rows = [
+            [
+                k,
+                v["redis_cmds_per_s_total"],
+                v["redis_cmds_per_s_per_worker"],
+                ", ".join(f"{c:.2f}" for c in v["standby_cpu_percent"]),
+            ]
+            for k, v in res["standby_cost"].items()
+        ]
+        out.append(
+            table(
+                "Redis at rest (4 workers, 10 s)", ["setting", "cmd/s total", "cmd/s per worker", "standby CPU %"], rows
+            )
+        )
     if "alert_burst" in res:
         a = res["alert_burst"]
-        rows = [[k, a[f"{k}_ms"]["n"], a[f"{k}_ms"]["p50"], a[f"{k}_ms"]["p99"], a[f"{k}_ms"]["max"]] for k in ("quiet", "burst")]
-        out.append(table("GET /health latency (ms) without / with a 1,000-error burst", ["window", "requests", "p50", "p99", "max"], rows))
+        rows = [
+            [k, a[f"{k}_ms"]["n"], a[f"{k}_ms"]["p50"], a[f"{k}_ms"]["p99"], a[f"{k}_ms"]["max"]]
+            for k in ("quiet", "burst")
+        ]
+        out.append(
+            table(
+                "GET /health latency (ms) without / with a 1,000-error burst",
+                ["window", "requests", "p50", "p99", "max"],
+                rows,
+            )
+        )
         print(f"digest mails received: {a['digest_mails_received']}, bursts: {a['bursts']}")
     return out
 
 
 def print_soak(results: list[dict[str, Any]]) -> None:
-    rows = [[r["backend"] + (" (appendonly)" if r.get("redis_appendonly") else ""), f"{r['minutes']:g} min", sum(r["fault_counts"].values()), r["periods_expected"],
-             r["reports_delivered"], len(r["duplicates"]), len(r["missed"]), r["time_without_primary_s"],
-             r["longest_gap_s"], r["overlap_s"]] for r in results]
-    table("Soak (targets: 0 duplicates, 0 missed, 0 overlap)",
-          ["backend", "length", "faults", "periods expected", "reports delivered", "duplicates", "missed",
-           "no primary (s)", "longest gap (s)", "overlap (s)"], rows)
+    rows = [
+        [
+            r["backend"] + (" (appendonly)" if r.get("redis_appendonly") else ""),
+            f"{r['minutes']:g} min",
+            sum(r["fault_counts"].values()),
+            r["periods_expected"],
+            r["reports_delivered"],
+            len(r["duplicates"]),
+            len(r["missed"]),
+            r["time_without_primary_s"],
+            r["longest_gap_s"],
+            r["overlap_s"],
+        ]
+        for r in results
+    ]
+    table(
+        "Soak (targets: 0 duplicates, 0 missed, 0 overlap)",
+        [
+            "backend",
+            "length",
+            "faults",
+            "periods expected",
+            "reports delivered",
+            "duplicates",
+            "missed",
+            "no primary (s)",
+            "longest gap (s)",
+            "overlap (s)",
+        ],
+        rows,
+    )
     for r in results:
-        print(f"{r['backend']}: faults {r['fault_counts']}; missed {r['missed']}; duplicates {r['duplicates']}; overlaps {r['overlaps']}")
+        print(
+            f"{r['backend']}: faults {r['fault_counts']}; missed {r['missed']}; duplicates {r['duplicates']}; overlaps {r['overlaps']}"
+        )
     print("Note: " + results[0]["note"] if results else "")
 
 
@@ -943,14 +1140,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--reload-trials", type=int, default=10)
     parser.add_argument("--load-seconds", type=float, default=5.0)
-    parser.add_argument("--only", default="failover,handover,reloads,throughput,startup,standby_cost,alert_burst",
-                        help="comma-separated subset of the default-mode measurements")
+    parser.add_argument(
+        "--only",
+        default="failover,handover,reloads,throughput,startup,standby_cost,alert_burst",
+        help="comma-separated subset of the default-mode measurements",
+    )
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--backend", choices=["file", "redis", "both"], default="both")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--redis-persist", action="store_true",
-                        help="soak: run redis-server with appendonly yes (as docker-compose.yml does)")
+    parser.add_argument(
+        "--redis-persist",
+        action="store_true",
+        help="soak: run redis-server with appendonly yes (as docker-compose.yml does)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     # Stop cleanly (the finally blocks stop every server) on SIGTERM, and on SIGINT even when started
