@@ -31,7 +31,7 @@ from {{ cookiecutter.package_name }}.coordination import Holder, make_lock
 {% if cookiecutter.lock_backend == "redis" -%}
 from redis_server import RedisServer
 {% endif -%}
-from support import DEADLINE, free_port, is_alive, wait_until
+from support import DEADLINE, assert_one_primary_at_a_time, free_port, is_alive, wait_until
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -172,13 +172,7 @@ class Server:
         """
         with self._changed:
             events = list(self.events)
-        current: set[int] = set()
-        for pid, primary in events:
-            if primary:
-                assert not current - {pid}, f"pid {pid} became primary while {current} still was"
-                current.add(pid)
-            else:
-                current.discard(pid)
+        assert_one_primary_at_a_time(events)
 
     def output(self) -> str:
         with self._changed:

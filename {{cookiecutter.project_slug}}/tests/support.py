@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,28 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLIN
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.02)
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """``wait_until`` for code running in an event loop."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def run_scenario(scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run an in-process scenario in a fresh event loop, with a deadline that catches a hang."""
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def assert_one_primary_at_a_time(events: list[tuple[int, bool]]) -> None:
+    """Replay role changes in the order they happened: nobody becomes primary while another is."""
+    current: set[int] = set()
+    for pid, primary in events:
+        if primary:
+            assert not current - {pid}, f"pid {pid} became primary while {current} still was"
+            current.add(pid)
+        else:
+            current.discard(pid)

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 
 from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker, make_lock
 
 from conftest import settings_from
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from support import eventually, run_scenario
 
 
 class Recorder:
@@ -31,10 +22,6 @@ class Recorder:
             await asyncio.Event().wait()
         finally:
             self.events.append(("stopped", election.lock.epoch))
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 30))
 
 
 def test_services_run_on_the_primary_only_and_move_with_the_lock(lock_env: dict[str, str]) -> None:
@@ -63,7 +50,7 @@ def test_services_run_on_the_primary_only_and_move_with_the_lock(lock_env: dict[
         await second.stop()
         assert second_service.events[-1] == ("stopped", first_epoch + 1)
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_a_retiring_standby_stops_campaigning(lock_env: dict[str, str]) -> None:
@@ -82,7 +69,7 @@ def test_a_retiring_standby_stops_campaigning(lock_env: dict[str, str]) -> None:
         await retiring.stop()
         await staying.stop()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_one_shot_api_answers_once(lock_env: dict[str, str]) -> None:
@@ -97,4 +84,4 @@ def test_one_shot_api_answers_once(lock_env: dict[str, str]) -> None:
         assert won_now and second_lock is not None
         await second_lock.close()
 
-    run(scenario)
+    run_scenario(scenario)

@@ -3,14 +3,12 @@ primaries, never crashes a server, and always says what is wrong."""
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from {{ cookiecutter.package_name }}.coordination import Election, is_primary_wo
 from {{ cookiecutter.package_name }}.coordination.file_lock import FileLock, parse_lock_file
 
 from conftest import Server
-from support import wait_until
+from support import eventually, run_scenario, wait_until
 
 
 @pytest.fixture
@@ -60,14 +58,12 @@ def test_election_start_never_raises_and_recovers_when_the_path_is_fixed(
         # The one-shot API fails closed too: a lock that cannot be attempted makes nobody primary.
         assert await is_primary_worker(Settings(lock_path=link)) == (False, None)
         link.unlink()
-        deadline = time.monotonic() + 10
-        while not election.is_primary and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert election.is_primary and election.lock_error is None
+        await eventually(lambda: election.is_primary, "promotion once the path is usable")
+        assert election.lock_error is None
         await election.stop()
 
     with caplog.at_level(logging.INFO):
-        asyncio.run(scenario())
+        run_scenario(scenario)
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert len(errors) == 2  # one from the election (not one per retry), one from the one-shot API
     assert "Primary lock is usable again" in caplog.text

@@ -26,7 +26,7 @@ from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock, m
 
 from conftest import PACKAGE, Server, current_holder, service_env, settings_from
 from redis_server import RedisServer, redis_server_binary
-from support import free_port, wait_until
+from support import assert_one_primary_at_a_time, free_port, wait_until
 
 TTL = 3.0
 RETRY = 0.2
@@ -309,15 +309,9 @@ def test_a_quick_redis_restart_that_loses_the_lease_never_makes_two_primaries(
     owner.wait_for_log(rf"Worker role change: pid={old_primary}, primary=False", timeout=TTL + SLACK)
     single_primary(first, second)  # whoever wins, once the old primary has stepped down
     # Merge both instances' role changes by the time they were read: never two primaries at once.
-    events = sorted(
-        (when, pid, primary)
+    merged = sorted(
+        (when, event)
         for server in (first, second)
-        for (pid, primary), when in zip(server.events, server.event_times, strict=True)
+        for event, when in zip(server.events, server.event_times, strict=True)
     )
-    current: set[int] = set()
-    for _, pid, primary in events:
-        if primary:
-            assert not current - {pid}, f"pid {pid} became primary while {current} still was"
-            current.add(pid)
-        else:
-            current.discard(pid)
+    assert_one_primary_at_a_time([event for _, event in merged])

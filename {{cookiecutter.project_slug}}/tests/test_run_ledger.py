@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,10 +12,7 @@ from {{ cookiecutter.package_name }}.notifications.mail import Mailer
 from {{ cookiecutter.package_name }}.notifications.reports import PERIOD_FORMAT, ReportSender
 
 from conftest import settings_from
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+from support import run_scenario
 
 
 def test_a_period_is_claimed_once_and_only_by_the_current_primary(lock_env: dict[str, str]) -> None:
@@ -44,7 +39,7 @@ def test_a_period_is_claimed_once_and_only_by_the_current_primary(lock_env: dict
         await first.close()
         await second.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
@@ -70,5 +65,5 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
         await election.stop()
 
     with caplog.at_level(logging.WARNING):
-        run(scenario)
+        run_scenario(scenario)
     assert "Skipping 49 report period(s)" in caplog.text  # 59 missed, 10 of them still in the window
