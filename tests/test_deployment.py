@@ -42,7 +42,7 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
     dockerfile = (project / "Dockerfile").read_text()
     assert f"FROM python:{python_version}-slim" in dockerfile
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
-    assert "exec uvicorn my_service.api:app" in dockerfile and "--workers ${WORKERS:-4}" in dockerfile
+    assert 'CMD ["python", "-m", "my_service"]' in dockerfile and "WORKERS=4" in dockerfile
 
     gunicorn = runpy.run_path(str(project / "gunicorn.conf.py"))
     assert gunicorn["worker_class"] == "uvicorn_worker.UvicornWorker" and gunicorn["control_socket_disable"]

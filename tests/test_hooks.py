@@ -31,6 +31,13 @@ BAD_ANSWERS = [
     ("package_name", "MyService"),
     ("package_name", "café"),
     ("package_name", "my service"),
+    ("package_name", "json"),
+    ("package_name", "asyncio"),
+    ("package_name", "logging"),
+    ("package_name", "redis"),
+    ("package_name", "fastapi"),
+    ("package_name", "tests"),
+    ("package_name", "support"),
     ("lock_backend", "zookeeper"),
     ("python_version", "3.10"),
     ("python_version", "3.14"),
@@ -47,6 +54,11 @@ BAD_ANSWERS = [
     ("lock_path", "/tmp/quote'.lock"),
     ("lock_path", '/tmp/quote".lock'),
     ("lock_path", "/tmp/back\\slash.lock"),
+    ("lock_path", "/tmp/my_service/../etc/primary.lock"),
+    ("lock_path", "/tmp/my_service/"),
+    ("lock_path", "/tmp/./primary.lock"),
+    ("lock_path", "/tmp/primary.lock"),
+    ("lock_path", "/dev/shm/primary.lock"),
 ]
 BAD_IDS = [f"{name}={value!r}" for name, value in BAD_ANSWERS]
 
@@ -172,3 +184,14 @@ def test_template_repository_code_is_lint_clean(tmp_path: Path) -> None:
     check([ruff, "check", *config, str(ROOT / "tests")], ROOT)
     check([ruff, "format", "--check", *config, str(ROOT / "tests")], ROOT)
     check([ruff, "check", *config, "--extend-ignore", "E501", str(tmp_path)], ROOT)
+
+
+@pytest.mark.parametrize(("name", "suggestion"), [("json", "json_service"), ("redis", "redis_service")])
+def test_a_package_name_that_shadows_a_module_is_refused_with_a_suggestion(
+    tmp_path: Path, name: str, suggestion: str
+) -> None:
+    script = render_hook("pre_gen_project", default_context(package_name=name), tmp_path)
+    result = run([sys.executable, str(script)], tmp_path)
+    assert result.returncode == 1
+    assert f"package_name {name!r} would shadow the module of the same name" in result.stdout
+    assert f"type one like {suggestion!r}" in result.stdout

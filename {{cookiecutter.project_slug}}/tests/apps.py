@@ -52,13 +52,26 @@ def ticking_app() -> FastAPI:
 
 
 def noisy_app() -> FastAPI:
-    """The service with ``GET /errors?count=N``, which logs N error records (the same few messages)."""
+    """The service with ``GET /errors?count=N``, which logs N error records: the same three messages,
+    or with ``distinct=true`` a different message each (``first`` numbers them on)."""
     app = create_app()
 
     @app.get("/errors")
-    async def errors(count: int = 1) -> dict[str, int]:
-        for number in range(count):
-            logger.error("Simulated failure number %d", number % 3)
+    async def errors(count: int = 1, distinct: bool = False, first: int = 0) -> dict[str, int]:
+        for number in range(first, first + count):
+            logger.error("Simulated failure number %d", number if distinct else number % 3)
         return {"logged": count}
+
+    @app.get("/leak")
+    async def leak() -> dict[str, str]:
+        """Careless code that logs every secret of the settings, in a message and in an exception."""
+        secrets = " ".join(load_settings().secret_values())
+        logger.error("Careless log line: %s", secrets)
+        try:
+            raise RuntimeError(f"careless exception: {secrets}")
+        except RuntimeError:
+            logger.exception("Careless traceback")
+        logging.getLogger("some.library").error("A library's careless line: %s", secrets)
+        return {"status": "logged"}
 
     return app

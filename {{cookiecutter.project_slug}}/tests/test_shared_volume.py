@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT, Server, service_env, uvicorn_argv
+from conftest import PACKAGE, PROJECT, Server, service_env, uvicorn_argv
 from support import free_port, wait_until
 
-CONTAINER_LOCK_PATH = "/tmp/primary.lock"  # as every container of a compose file would see it
+CONTAINER_LOCK_PATH = f"/tmp/{PACKAGE}/primary.lock"  # as docker-compose.yml sets it in every container
 
 
 def unshare_works() -> str | None:
@@ -76,7 +76,9 @@ def test_containers_sharing_a_volume_elect_one_primary(tmp_path: Path, container
         lambda: (p := first.primaries() | second.primaries()) and len(p) == 1 and p, "one primary"
     )
 
-    assert (volume / "primary.lock").read_text().splitlines()[0] == str(next(iter(both)))
+    lock_file = volume / PACKAGE / "primary.lock"
+    assert lock_file.read_text().splitlines()[0] == str(next(iter(both)))
+    assert (volume / PACKAGE).stat().st_mode & 0o777 == 0o700  # created private by the first container
     assert first.get("/health/worker").json()["holder"] == second.get("/health/worker").json()["holder"]
 
 
@@ -91,4 +93,5 @@ def test_containers_without_a_shared_volume_each_elect_their_own(
 
     first.wait_for_primary()
     second.wait_for_primary()  # two primaries on one host: every report would go out twice
-    assert (first_volume / "primary.lock").exists() and (second_volume / "primary.lock").exists()
+    assert (first_volume / PACKAGE / "primary.lock").exists()
+    assert (second_volume / PACKAGE / "primary.lock").exists()

@@ -1,1 +1,1 @@
-"""{{ cookiecutter.package_name }}: a FastAPI service whose singleton jobs run on exactly one worker."""
+"""The {{ cookiecutter.project_slug }} service: its singleton jobs run on exactly one worker."""

@@ -1,7 +1,9 @@
 """Settings, read once at start-up from environment variables (or an optional ``.env`` file).
 
 Each field is read from the variable of the same name in upper case: ``lock_path`` from ``LOCK_PATH``.
-The generated README and ``.env.example`` list them all with their defaults.
+The generated README and ``.env.example`` list them all with their defaults. Every number has a range
+(a retry every nanosecond, or a catch-up window of three thousand years, is a typo, not a wish), and
+``load_settings`` turns any bad value into one line that names the variable and what it accepts.
 """
 
 from __future__ import annotations
@@ -10,16 +12,22 @@ import re
 {% if cookiecutter.lock_backend == "file" -%}
 from pathlib import Path
 {% endif -%}
-from typing import Literal
+from typing import Any, Literal{% if cookiecutter.lock_backend == "redis" %}, Self{% endif %}
 {% if cookiecutter.lock_backend == "redis" -%}
 from urllib.parse import urlsplit
 {% endif -%}
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from annotated_types import Ge, Gt, Le
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator{% if cookiecutter.lock_backend == "redis" %}, model_validator{% endif %}
 from pydantic_settings import BaseSettings, SettingsConfigDict
+{%- if cookiecutter.lock_backend == "redis" %}
 
+from .redaction import url_secrets
+{%- endif %}
+
+LOCK_PATH_EXAMPLE = f"/tmp/{__name__.partition('.')[0]}/primary.lock"
 SECRET_SETTINGS = {"REDIS_URL", "SMTP_PASSWORD"}
 """Settings whose value may hold a password: never repeated in an error message."""
 
@@ -29,47 +37,60 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    """The service's settings; a bad value stops the worker at start with one clear line."""
+    """The service's settings; a bad value stops the service at start with one clear line."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", allow_inf_nan=False
+    )
 
+    # -- the server, as started by the launcher (python -m <package>) ------------------------------
+    host: str = Field(default="127.0.0.1", min_length=1)
+    """Address the launcher binds (0.0.0.0 in the Docker image)."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=4, ge=1, le=256)
+    """Worker processes the launcher starts; each serves HTTP, one of them is the primary."""
+
+    # -- the primary lock -------------------------------------------------------------------------
 {%- if cookiecutter.lock_backend == "file" %}
     lock_path: Path = Path({{ cookiecutter.lock_path | tojson }})
-    """The lock file every worker (and every container sharing the volume) competes for."""
-{%- else %}
+    """The lock file every worker (and every container sharing the volume) competes for. Its
+    directory must belong to the service's user and be writable by nobody else; the service creates
+    it (mode 0700) when missing."""
+{%- elif cookiecutter.lock_backend == "redis" %}
     redis_url: str = "redis://localhost:6379/0"
     """The Redis shared by every worker of every instance; may carry a password; rediss:// for TLS."""
     lock_key_prefix: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1)
     """Prefix of the service's Redis keys, so that several services can share one Redis."""
-    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=3600)
+    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=300)
     """Lifetime of the primary's lease: a crashed primary is replaced within this plus the retry."""
 {%- endif %}
-    lock_retry_seconds: float = Field(default=1.0, gt=0, le=60)
+    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
     """How often standbys retry; after a lock error the delay doubles up to 10 s."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # -- e-mail -----------------------------------------------------------------------------------
     email_backend: Literal["console", "smtp"] = "console"
     """console: every message is written to the log (no server needed); smtp: sent with aiosmtplib."""
     email_from: str = "{{ cookiecutter.project_slug }}@localhost"
-    smtp_host: str = "localhost"
+    smtp_host: str = Field(default="localhost", min_length=1)
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
-    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+    smtp_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
 
     report_schedule: str = "0 7 * * *"
     """When the primary sends the report: 5 crontab fields, or 6 with leading seconds."""
     report_timezone: str = "UTC"
     report_recipients: str = ""
     """Comma-separated addresses; empty: no scheduled reports."""
-    report_catch_up_seconds: float = Field(default=3600.0, ge=0)
+    report_catch_up_seconds: float = Field(default=3600.0, ge=0, le=31 * 86400)
     """Periods missed (no primary, SMTP down) are sent late if at most this old; older ones are skipped."""
 
     alert_recipients: str = ""
     """Comma-separated addresses for the ERROR digests of every worker; empty: no alert mails."""
-    alert_digest_seconds: float = Field(default=60.0, gt=0)
-    alert_max_per_hour: int = Field(default=12, ge=1)
+    alert_digest_seconds: float = Field(default=60.0, ge=1, le=86400)
+    alert_max_per_hour: int = Field(default=12, ge=1, le=3600)
 
     @field_validator("report_schedule")
     @classmethod
@@ -101,16 +122,26 @@ class Settings(BaseSettings):
     @property
     def alert_to(self) -> list[str]:
         return split_addresses(self.alert_recipients)
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, in each form it may appear in, for log redaction."""
+        secrets = [self.smtp_password.get_secret_value()]
+{%- if cookiecutter.lock_backend == "redis" %}
+        secrets += url_secrets(self.redis_url)
+{%- endif %}
+        return [secret for secret in secrets if secret]
 {%- if cookiecutter.lock_backend == "file" %}
 
     @field_validator("lock_path")
     @classmethod
-    def _absolute(cls, path: Path) -> Path:
+    def _lock_path(cls, path: Path) -> Path:
         # A relative path would name a different file for workers started in different directories.
         if not path.is_absolute():
-            raise ValueError("must be an absolute path, e.g. /run/my-service/primary.lock")
+            raise ValueError(f"must be an absolute path, e.g. {LOCK_PATH_EXAMPLE}")
+        if ".." in path.parts or path.name in ("", "..", "."):
+            raise ValueError(f"must name a file without '..' segments, e.g. {LOCK_PATH_EXAMPLE}")
         return path
-{%- else %}
+{%- elif cookiecutter.lock_backend == "redis" %}
 
     @field_validator("redis_url")
     @classmethod
@@ -126,6 +157,16 @@ class Settings(BaseSettings):
                 "must be a redis://, rediss:// or unix:// URL, e.g. redis://:password@redis:6379/0"
             )
         return url
+
+    @model_validator(mode="after")
+    def _retry_within_the_lease(self) -> Self:
+        if self.lock_retry_seconds > self.lock_ttl_seconds / 2:
+            raise ValueError(
+                f"LOCK_RETRY_SECONDS={self.lock_retry_seconds:g}: must be at most half of "
+                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds:g}), so that a standby tries several times "
+                "within one lease"
+            )
+        return self
 {%- endif %}
 
 
@@ -160,13 +201,34 @@ def cron_trigger(expression: str, timezone: str) -> CronTrigger:
         raise ValueError(f"is not a valid schedule: {exc}") from None
 
 
-def load_settings() -> Settings:
+def allowed_range(field_name: str) -> str | None:
+    """What a numeric setting accepts, e.g. 'a number from 1 to 86400', or None if it is no number."""
+    field = Settings.model_fields.get(field_name)
+    if field is None or field.annotation not in (int, float):
+        return None
+    low = next((bound.ge for bound in field.metadata if isinstance(bound, Ge)), None)
+    above = next((bound.gt for bound in field.metadata if isinstance(bound, Gt)), None)
+    high = next((bound.le for bound in field.metadata if isinstance(bound, Le)), None)
+    kind = "a whole number" if field.annotation is int else "a number"
+    if low is not None and high is not None:
+        return f"{kind} from {low:g} to {high:g}"
+    if above is not None:
+        return f"{kind} greater than {above:g}"
+    return kind
+
+
+def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning pydantic's report into one line that names the variable."""
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+        if not error["loc"]:  # a rule about several settings: the message names them
+            raise ConfigError(f"invalid setting {error['msg'].removeprefix('Value error, ')}") from None
+        field_name = str(error["loc"][0])
+        name = field_name.upper()
         reason = error["msg"].removeprefix("Value error, ")
+        if expected := allowed_range(field_name):
+            reason = f"must be {expected}"
         value = "<hidden>" if name in SECRET_SETTINGS else repr(error.get("input"))
         raise ConfigError(f"invalid setting {name}={value}: {reason}") from None

@@ -12,9 +12,9 @@ from ..config import Settings, load_settings
 from .base import Holder, LockError, PrimaryLock
 from .election import Election, SingletonService
 {%- if cookiecutter.lock_backend == "file" %}
-from .file_lock import FileLock
-{%- else %}
-from .redis_lock import RedisLock
+from .file_lock import FileLock, demo_scope
+{%- elif cookiecutter.lock_backend == "redis" %}
+from .redis_lock import RedisLock, demo_scope
 {%- endif %}
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "LockError",
     "PrimaryLock",
     "SingletonService",
+    "demo_scope",
     "is_primary_worker",
     "make_lock",
 ]
@@ -34,7 +35,7 @@ def make_lock(settings: Settings) -> PrimaryLock:
     """The primary lock chosen when this project was generated."""
 {%- if cookiecutter.lock_backend == "file" %}
     return FileLock(settings.lock_path)
-{%- else %}
+{%- elif cookiecutter.lock_backend == "redis" %}
     return RedisLock(
         settings.redis_url,
         settings.lock_key_prefix,

@@ -1,7 +1,8 @@
 """Command line: ``python -m {{ cookiecutter.package_name }}.coordination status|demo``.
 
-``status`` prints who holds the primary lock and exits 0, or says why nobody does and exits 1, so
-it also serves as a monitoring check. ``demo`` shows an election and a failover among N processes.
+``status`` prints who holds the primary lock and exits 0, or says why nobody does and exits 1 (3 for
+a bad setting), so it also serves as a monitoring check. ``demo`` shows an election and a failover
+among N processes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from ..config import ConfigError, Settings, load_settings
 from . import LockError, make_lock
 from .demo import run_demo
+
+BAD_SETTING = 3
 
 
 async def show_status(settings: Settings) -> int:
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
+        return BAD_SETTING
     if args.command == "status":
         return asyncio.run(show_status(settings))
     if args.workers < 2:

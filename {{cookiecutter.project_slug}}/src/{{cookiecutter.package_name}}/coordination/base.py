@@ -29,6 +29,9 @@ class Holder:
     host: str
     since: str
     epoch: int
+    active_at: str | None = None
+    """When a lease holder starts singleton work, if that is still ahead (it is waiting out a lease
+    that a previous holder may still believe in); None once it runs singleton work."""
 
     @classmethod
     def me(cls, epoch: int) -> Holder:
@@ -44,7 +47,10 @@ class Holder:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"pid={self.pid} host={self.host} since={self.since} epoch={self.epoch}"
+        text = f"pid={self.pid} host={self.host} since={self.since} epoch={self.epoch}"
+        if self.active_at:
+            text += f", taking over: singleton work starts at {self.active_at}"
+        return text
 
 
 class RunLedger(Protocol):

@@ -127,6 +127,9 @@ class Election:
             "epoch": self.lock.epoch if primary else (holder.epoch if holder else None),
             "holder": holder.as_dict() if holder else None,
             "lock_error": self.lock_error,
+            # Seconds until this worker, which holds the lock, may start singleton work (see
+            # PrimaryLock.takeover_delay); null unless it is waiting out a previous holder's lease.
+            "takeover_wait_seconds": round(wait, 1) if (wait := self.lock.takeover_delay()) else None,
         }
 
     # -- the loop --------------------------------------------------------------------------------
@@ -158,11 +161,8 @@ class Election:
 
     async def _wait_for_takeover(self) -> bool:
         """Hold (renew) a newly won lock for its takeover delay; False if it was lost meanwhile."""
-        delay = self.lock.takeover_delay()
+        delay = self.lock.takeover_delay()  # the lock logs why it waits
         if delay > 0:
-            logger.info(
-                "Won the lock; waiting %.1f s until any previous holder has surely stepped down", delay
-            )
             with suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.lock.hold()  # returns early only if the lock is lost

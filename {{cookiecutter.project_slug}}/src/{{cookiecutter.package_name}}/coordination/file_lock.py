@@ -4,14 +4,24 @@ Why flock: the kernel drops the lock the instant the holding process dies, even 
 there is never a stale lock to clean up, and a worker blocked in ``flock()`` wakes up at that instant.
 That is what makes failover take milliseconds.
 
-Three rules keep it to exactly one holder:
+Four rules keep it to exactly one holder, whatever other accounts on the host do:
 
-* The file is opened with ``O_NOFOLLOW`` (a symbolic link planted at the path is refused) and
-  ``O_CLOEXEC`` (no child process inherits the lock), and must belong to the service's own user.
-* The file is never unlinked, not even on release: if it were, two processes could lock two different
-  inodes under the same name and both believe they are primary.
-* After every acquisition the holder checks that the path still names the inode it locked, and keeps
-  checking about once a second while primary, because someone may delete or replace the file by hand.
+* **A private directory.** The lock file and the run ledger live in the directory of ``LOCK_PATH``,
+  which must belong to the service's user (or root) and be writable by nobody else; the service
+  creates it with mode 0700 when it is missing. In a world-writable directory such as ``/tmp`` itself,
+  another account could create the files first and hold the lock forever, or plant a ledger that
+  suppresses or multiplies the reports.
+* **Checked files.** Every file is opened with ``O_NOFOLLOW`` (a symbolic link is refused) and
+  ``O_CLOEXEC`` (no child process inherits the lock), created with mode 0600, and must be a regular
+  file of the service's user that nobody else can write. A file at ``LOCK_PATH`` that is not a lock
+  file of this service (a ``config.ini`` named by mistake) is refused, never truncated.
+* **Never unlinked**, not even on release: otherwise two processes could lock two different inodes
+  under the same name and both believe they are primary.
+* **Verified.** After every acquisition, and about once a second while primary, the holder checks that
+  the path still names the inode it locked, because someone may delete or replace the file by hand.
+
+Every step that opens a descriptor closes it again on any failure, so a failed write (a full disk)
+never leaves a worker holding the kernel lock without knowing it.
 
 The file's content is for humans: the holder's PID on the first line (``cat LOCK_PATH`` prints it),
 then its host, since when it holds the lock, and the epoch (a counter of acquisitions).
@@ -26,12 +36,14 @@ import logging
 import os
 import sqlite3
 import stat
+import tempfile
 import threading
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..config import LOCK_PATH_EXAMPLE, Settings
 from .base import Holder, LockError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +51,10 @@ T = TypeVar("T")
 
 VERIFY_INTERVAL_SECONDS = 1.0
 """How often the primary checks that the lock file at LOCK_PATH is still the one it holds."""
+MAX_LOCK_FILE_BYTES = 4096
+"""A lock file of this service is a few short lines; anything longer is some other file."""
+UNNAMED_HOLDER_PATIENCE_SECONDS = 0.5
+"""How long ``read_holder`` waits for a new holder to write its details before calling it nameless."""
 
 
 class FileLock:
@@ -55,7 +71,9 @@ class FileLock:
 
     async def try_acquire(self) -> bool:
         fd = self._open()
-        if not self._flock_nowait(fd):
+        with _closed_on_failure(fd, self.path):
+            locked = self._flock_nowait(fd)
+        if not locked:
             os.close(fd)
             return False
         return self._take(fd)
@@ -63,14 +81,14 @@ class FileLock:
     async def acquire(self) -> None:
         while True:
             fd = self._open()
-            await _flock_in_thread(fd)
+            await _flock_in_thread(fd)  # closes fd itself if waiting fails or is cancelled
             if self._take(fd):
                 return
 
     async def hold(self) -> None:
         while self._fd is not None:
             await asyncio.sleep(VERIFY_INTERVAL_SECONDS)
-            if not self._names_locked_file(self._fd):
+            if not self.verify():
                 self._relock_after_tampering()
 
     def is_held(self) -> bool:
@@ -81,7 +99,12 @@ class FileLock:
 
     def verify(self) -> bool:
         """Held, and LOCK_PATH still names the locked file (checked before every ledger claim)."""
-        return self._fd is not None and self._names_locked_file(self._fd)
+        if self._fd is None:
+            return False
+        try:
+            return self._names_locked_file(self._fd)
+        except OSError:
+            return False  # cannot even look (the directory was made unreadable): not verified
 
     def run_ledger(self) -> FileRunLedger:
         return FileRunLedger(self)
@@ -101,12 +124,23 @@ class FileLock:
         except OSError as exc:
             raise LockError(f"cannot read the lock file {self.path}: {exc.strerror}") from exc
         try:
-            # A shared lock is granted only while nobody holds the exclusive one. The probe is
-            # dropped by os.close() below and never delays a waiting worker by more than that.
-            if self._flock_nowait(fd, shared=True):
-                return None
-            text = os.pread(fd, 4096, 0).decode(errors="replace")
-            return parse_lock_file(text) or Holder(pid=0, host="unknown", since="", epoch=0)
+            waited = 0.0
+            while True:
+                # A shared lock is granted only while nobody holds the exclusive one. The probe is
+                # dropped by os.close() below and never delays a waiting worker by more than that.
+                if self._flock_nowait(fd, shared=True):
+                    return None
+                holder = parse_lock_file(os.pread(fd, MAX_LOCK_FILE_BYTES, 0).decode(errors="replace"))
+                if holder is not None:
+                    return holder
+                if waited >= UNNAMED_HOLDER_PATIENCE_SECONDS:  # not a holder that is still writing
+                    raise LockError(
+                        f"a process holds the lock file {self.path} but the file names no holder "
+                        "(it is empty or not a lock file of this service); find the process with "
+                        f"`fuser -v {self.path}`"
+                    )
+                await asyncio.sleep(0.05)
+                waited += 0.05
         finally:
             os.close(fd)
 
@@ -116,39 +150,9 @@ class FileLock:
     # -- the details -------------------------------------------------------------------------
 
     def _open(self) -> int:
-        """Open (creating if needed) the lock file; every failure explains how to fix it."""
-        directory = self.path.parent
-        fix = f"make {directory} writable for uid {os.geteuid()}, or set LOCK_PATH to a writable location"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LockError(
-                f"cannot create the lock directory {directory} for {self.path}: {exc.strerror}; {fix}"
-            ) from exc
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags, 0o600)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LockError(
-                    f"the lock path {self.path} is a symbolic link, which is refused because it "
-                    "could point the lock anywhere; remove the link, or set LOCK_PATH to another path"
-                ) from exc
-            raise LockError(f"cannot open the lock file {self.path}: {exc.strerror}; {fix}") from exc
-        info = os.fstat(fd)
-        problem = None
-        if not stat.S_ISREG(info.st_mode):
-            problem = "is not a regular file; remove it, or set LOCK_PATH to another path"
-        elif info.st_uid != os.geteuid():
-            problem = (
-                f"belongs to uid {info.st_uid}, not to this service's uid {os.geteuid()}, and a process "
-                "of that account could hold it forever; remove it, or set LOCK_PATH to a directory "
-                "only this service can write (e.g. /run/<service>/primary.lock)"
-            )
-        if problem:
-            os.close(fd)
-            raise LockError(f"the lock file {self.path} {problem}")
-        return fd
+        """Open (creating if needed) the lock file in its private directory; errors say how to fix."""
+        ensure_private_directory(self.path.parent, purpose=f"the lock file {self.path}")
+        return open_private_file(self.path, what="lock file")
 
     def _flock_nowait(self, fd: int, *, shared: bool = False) -> bool:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
@@ -173,17 +177,37 @@ class FileLock:
         return (at_path.st_dev, at_path.st_ino) == (ours.st_dev, ours.st_ino)
 
     def _take(self, fd: int) -> bool:
-        """Adopt a freshly locked descriptor as the primary lock, unless its file is no longer at the path."""
-        if not self._names_locked_file(fd):
-            os.close(fd)  # we locked a file that was deleted or replaced meanwhile: worthless
-            return False
-        previous = parse_lock_file(os.pread(fd, 4096, 0).decode(errors="replace"))
-        self.epoch = max(self.epoch, previous.epoch if previous else 0) + 1
-        self._holder = Holder.me(self.epoch)
-        content = f"{self._holder.pid}\nhost={self._holder.host}\nsince={self._holder.since}\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{content}epoch={self.epoch}\n".encode(), 0)
-        self._fd = fd
+        """Adopt a freshly locked descriptor as the primary lock (closing it if that fails).
+
+        False if the file is no longer at the path (deleted or replaced meanwhile: worthless);
+        LockError if it is not a lock file of this service, or if the holder's details cannot be
+        written (a full disk): the kernel lock is dropped with the descriptor in both cases.
+        """
+        with _closed_on_failure(fd, self.path):
+            if not self._names_locked_file(fd):
+                os.close(fd)
+                return False
+            size = os.fstat(fd).st_size
+            text = os.pread(fd, MAX_LOCK_FILE_BYTES, 0).decode(errors="replace")
+            previous = parse_lock_file(text)
+            if size and (previous is None or size > MAX_LOCK_FILE_BYTES):
+                raise LockError(
+                    f"LOCK_PATH {self.path} names a file that is not a lock file of this service "
+                    "(it is left untouched); set LOCK_PATH to a new file, e.g. in a directory of its own"
+                )
+            epoch = max(self.epoch, previous.epoch if previous else 0) + 1
+            holder = Holder.me(epoch)
+            content = f"{holder.pid}\nhost={holder.host}\nsince={holder.since}\nepoch={epoch}\n".encode()
+            try:
+                # Overwrite, then cut: the file never looks empty to a reader, only old or new.
+                os.pwrite(fd, content, 0)
+                os.ftruncate(fd, len(content))
+            except OSError as exc:
+                raise LockError(
+                    f"cannot write the lock file {self.path}: {exc.strerror}; free space on its file "
+                    "system, or set LOCK_PATH to another location"
+                ) from exc
+        self.epoch, self._holder, self._fd = epoch, holder, fd
         return True
 
     def _relock_after_tampering(self) -> None:
@@ -192,7 +216,9 @@ class FileLock:
         logger.warning("Lock file %s was deleted or replaced by hand; re-locking it", self.path)
         try:
             fd = self._open()
-            if not self._flock_nowait(fd):
+            with _closed_on_failure(fd, self.path):
+                locked = self._flock_nowait(fd)
+            if not locked:
                 os.close(fd)
                 logger.warning("Another worker holds the new lock file %s; stepping down", self.path)
             elif not self._take(fd):
@@ -207,7 +233,8 @@ class FileRunLedger:
 
     Each claim is one SQLite transaction (``BEGIN IMMEDIATE`` takes SQLite's own write lock), so even
     two processes that both believe they are primary, in the second after someone replaced the lock
-    file by hand, cannot both claim one period. Rows older than ``KEEP_DAYS`` are pruned.
+    file by hand, cannot both claim one period. Rows older than ``KEEP_DAYS`` are pruned. The file
+    follows the lock file's rules: private directory, no symbolic link, the service's own, mode 0600.
     """
 
     KEEP_DAYS = 30
@@ -247,34 +274,120 @@ class FileRunLedger:
         db.execute("DELETE FROM runs WHERE updated < datetime('now', ?)", (f"-{self.KEEP_DAYS} days",))
 
     def _transaction(self, work: Callable[..., T], *args: Any) -> T:
-        with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
-                " epoch INTEGER NOT NULL, updated TEXT NOT NULL)"
+        ensure_private_directory(self.path.parent, purpose=f"the run ledger {self.path}")
+        os.close(open_private_file(self.path, what="run ledger"))  # create it 0600, or refuse it
+        try:
+            with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+                    " epoch INTEGER NOT NULL, updated TEXT NOT NULL)"
+                )
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(db, *args)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                return result
+        except sqlite3.Error as exc:
+            raise LockError(f"the run ledger {self.path} cannot be used: {exc}") from exc
+
+
+def ensure_private_directory(directory: Path, *, purpose: str) -> None:
+    """Create ``directory`` (mode 0700) if missing, and refuse it unless only this service can write it."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise LockError(
+            f"cannot create the directory {directory} for {purpose}: {exc.strerror}; make its parent "
+            f"writable for uid {os.geteuid()}, or set LOCK_PATH to a writable location"
+        ) from exc
+    uid, example = os.geteuid(), LOCK_PATH_EXAMPLE
+    problem = None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        problem = "is a symbolic link or not a directory"
+    elif info.st_uid not in (uid, 0):
+        problem = f"belongs to uid {info.st_uid}, not to this service's uid {uid} (or root)"
+    elif info.st_mode & 0o022:
+        problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        raise LockError(
+            f"the directory {directory} of {purpose} {problem}, so another account could plant or hold "
+            f"the files the service keeps there; set LOCK_PATH to a file in a directory of the service's "
+            f"own, e.g. {example} (created with mode 0700 when missing)"
+        )
+
+
+def open_private_file(path: Path, *, what: str) -> int:
+    """Open ``path`` read-write (created 0600), refusing links, other files and other owners' files."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockError(
+                f"the {what} {path} is a symbolic link, which is refused because it could point "
+                "anywhere; remove the link, or set LOCK_PATH to another path"
+            ) from exc
+        raise LockError(
+            f"cannot open the {what} {path}: {exc.strerror}; make {path.parent} writable for uid "
+            f"{os.geteuid()}, or set LOCK_PATH to a writable location"
+        ) from exc
+    with _closed_on_failure(fd, path):
+        info = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(info.st_mode):
+            problem = "is not a regular file; remove it, or set LOCK_PATH to another path"
+        elif info.st_uid != os.geteuid():
+            problem = (
+                f"belongs to uid {info.st_uid}, not to this service's uid {os.geteuid()}, and a process "
+                "of that account could hold or rewrite it; remove it, or set LOCK_PATH to a directory "
+                f"only this service can write (e.g. {LOCK_PATH_EXAMPLE})"
             )
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db, *args)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
+        elif info.st_mode & 0o022:
+            problem = (
+                f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o}); remove it (the "
+                f"service creates it again with mode 600), or run `chmod 600 {path}`"
+            )
+        if problem:
+            raise LockError(f"the {what} {path} {problem}")
+    return fd
+
+
+@contextmanager
+def _closed_on_failure(fd: int, path: Path) -> Iterator[None]:
+    """Close ``fd`` if the block raises anything: a descriptor of a failed step must never linger,
+    least of all one that holds the kernel lock. An ``OSError`` becomes a ``LockError``."""
+    try:
+        yield
+    except OSError as exc:
+        os.close(fd)
+        raise LockError(f"cannot use {path}: {exc.strerror}; check the file and its file system") from exc
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def parse_lock_file(text: str) -> Holder | None:
-    """Read the holder written by ``FileLock._take``; None for an empty or foreign file."""
+    """Read the holder written by ``FileLock._take``; None for an empty or foreign file.
+
+    The first occurrence of each field counts: while a new holder overwrites a longer old content,
+    the tail of the old one may still follow for an instant.
+    """
     first, _, rest = text.partition("\n")
     if not first.strip().isdigit():
         return None
-    fields = dict(line.split("=", 1) for line in rest.splitlines() if "=" in line)
-    epoch = fields.get("epoch", "0")
-    return Holder(
-        pid=int(first),
-        host=fields.get("host", ""),
-        since=fields.get("since", ""),
-        epoch=int(epoch) if epoch.isdigit() else 0,
-    )
+    fields: dict[str, str] = {}
+    for line in rest.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields.setdefault(key, value)
+    epoch = fields.get("epoch", "")
+    if not epoch.isdigit():
+        return None
+    host, since = fields.get("host", ""), fields.get("since", "")
+    return Holder(pid=int(first), host=host, since=since, epoch=int(epoch))
 
 
 async def _flock_in_thread(fd: int) -> None:
@@ -283,7 +396,7 @@ async def _flock_in_thread(fd: int) -> None:
     A thread blocked in flock() cannot be interrupted, so when the waiting task is cancelled (the
     worker shuts down) the thread is left to finish on its own: whichever side comes second, the
     thread after locking or the task after cancellation, closes ``fd``, which drops any lock taken.
-    A daemon thread never delays the process exit.
+    If waiting fails, ``fd`` is closed as well. A daemon thread never delays the process exit.
     """
     loop = asyncio.get_running_loop()
     locked: asyncio.Future[None] = loop.create_future()
@@ -322,3 +435,10 @@ async def _flock_in_thread(fd: int) -> None:
             if state["finished"]:
                 os.close(fd)
         raise
+
+
+@asynccontextmanager
+async def demo_scope(settings: Settings) -> AsyncIterator[Settings]:
+    """Settings for ``python -m ... demo``: a lock file of its own in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="election-demo-") as scratch:
+        yield settings.model_copy(update={"lock_path": Path(scratch) / "demo.lock"})

@@ -1,27 +1,37 @@
 """The primary lock as a lease in Redis, shared by every worker of every container or host.
 
-The lease is the key ``<prefix>:primary``, set with ``SET NX PX`` to a token unique to this worker
-(pid, host and a random part) through redis-py's ``Lock``, whose Lua scripts extend and delete the
-key only while it still holds our token. So a worker can never renew or delete another's lease.
+Keys, all under ``LOCK_KEY_PREFIX`` (``<prefix>`` below):
 
-Three rules keep it to exactly one primary:
+* ``<prefix>:primary``, the lease: a token unique to the holder (pid, host, random part), set with
+  ``SET NX PX`` and renewed while the holder lives.
+* ``<prefix>:holder``, the holder record: who holds the lease, its epoch, its lease length and when
+  its lease runs out if it is not renewed. Unlike the lease, it outlives the holder.
+* ``<prefix>:epoch``, a counter incremented by every acquisition: the fencing token.
 
-* **Leases expire.** A primary that dies stops renewing and its key expires after ``LOCK_TTL_SECONDS``;
-  a standby then takes it at its next attempt (every ``LOCK_RETRY_SECONDS``).
+Each step is one small Lua script, so that it is atomic: taking the lease, bumping the epoch and
+writing the record happen together; a renewal extends the lease and moves the record's expiry
+together; a release deletes the lease only if it still holds our token, marks the record released
+and tells the standbys (``PUBLISH <prefix>:released``). redis-py's ``Lock`` does the first half of
+each of these, but cannot keep a record in step with the lease, which the takeover rule needs.
+
+Rules that keep it to exactly one primary:
+
+* **Leases expire.** A primary that dies stops renewing; its lease expires after ``LOCK_TTL_SECONDS``
+  and a standby takes it at its next attempt (every ``LOCK_RETRY_SECONDS``).
 * **The primary demotes itself before its lease can expire.** It renews every ttl/3 and counts its
-  lease as lost once its last successful renewal is older than ttl minus a safety margin, measured on
-  its own monotonic clock from *before* the renewal was sent. So a primary cut off from Redis, or
-  paused (SIGSTOP, a long GC, a frozen VM) and then resumed, stops its singleton work before anybody
-  else can acquire the key.
-* **A lease granted by a restarted Redis is not used at once.** Redis may have lost the previous
-  lease (no persistence, or the last second of it), while the primary holding it has not noticed
-  yet. So when the last lease was granted by another Redis run, the new holder waits ttl minus the
-  margin, until that primary has certainly stepped down, before it starts any singleton work.
-* **Every acquisition gets a new epoch** (``INCR <prefix>:epoch``), a fencing token: writes that must
-  never come from a deposed primary are accepted only together with the current epoch and token.
-
-A primary that shuts down deletes its key and publishes on ``<prefix>:released``, so standbys
-waiting on that channel take over at once instead of at their next retry.
+  lease as lost once its last successful renewal is older than ttl minus a safety margin, measured
+  on its own monotonic clock from *before* the renewal was sent. A primary cut off from Redis, or
+  paused (SIGSTOP, a frozen VM) and then resumed, stops its singleton work before anyone else could
+  take over.
+* **A new holder waits out any lease a previous holder may still believe in.** A lease can vanish
+  early under a live holder: deleted by hand, flushed, evicted, or lost by a Redis restart. The
+  holder record says until when the previous lease ran, in Redis's own clock, so the new holder
+  keeps the lease but starts no singleton work before then. Without any record (a fresh Redis, or
+  one that lost everything) it waits the longest lease it knows of: its own, or any longer one it
+  has seen in a record while it was a standby (instances with different ``LOCK_TTL_SECONDS``).
+  After a graceful release, or a lease that simply expired, there is nothing to wait for.
+* **Every acquisition gets a new epoch**, and writes that must never come from a deposed primary
+  (the run ledger) are accepted only together with the current epoch and lease token.
 """
 
 from __future__ import annotations
@@ -32,29 +42,78 @@ import os
 import socket
 import time
 import uuid
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import LockError as RedisLockError
-from redis.exceptions import LockNotOwnedError, RedisError, WatchError
+from redis.exceptions import RedisError
 
+from ..config import Settings
+from ..redaction import mask_url
 from .base import Holder, LockError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
+ACQUIRE = """
+-- KEYS: lease, epoch, holder. ARGV: token, ttl_ms, pid, host, since, wait_ms_without_record
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('HGET', KEYS[3], 'ttl_ms') or ''}
+end
+local state = redis.call('HGET', KEYS[3], 'state')
+local expires = tonumber(redis.call('HGET', KEYS[3], 'expires_ms') or '')
+local wait, why = tonumber(ARGV[6]), 'unknown'
+if state == 'released' then
+  wait, why = 0, 'released'
+elseif state and expires then
+  wait, why = math.max(0, expires - now), 'vanished'
+  if wait == 0 then why = 'expired' end
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'token', ARGV[1], 'epoch', epoch, 'pid', ARGV[3], 'host', ARGV[4],
+  'since', ARGV[5], 'ttl_ms', ARGV[2], 'expires_ms', now + tonumber(ARGV[2]),
+  'active_ms', now + wait, 'state', 'held')
+return {1, epoch, wait, why}
+"""
 
-async def _set_on_message(pubsub: PubSub, event: asyncio.Event) -> None:
-    """Set ``event`` whenever a message arrives on the subscribed channel.
+RENEW = """
+-- KEYS: lease, holder. ARGV: token, ttl_ms, pid, host, since, epoch
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local clock = redis.call('TIME')
+local expires = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + tonumber(ARGV[2])
+if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'expires_ms', expires)
+else  -- the record was deleted or overwritten by hand: write it again
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'token', ARGV[1], 'epoch', ARGV[6], 'pid', ARGV[3], 'host', ARGV[4],
+    'since', ARGV[5], 'ttl_ms', ARGV[2], 'expires_ms', expires, 'active_ms', 0, 'state', 'held')
+end
+return 1
+"""
 
-    A task of its own, so that waiting for the event can time out and be cancelled cleanly (redis-py's
-    ``get_message(timeout=...)`` can swallow a cancellation).
-    """
-    async for message in pubsub.listen():
-        if message["type"] == "message":
-            event.set()
+RELEASE = """
+-- KEYS: lease, holder. ARGV: token, channel
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'state', 'released')
+end
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+"""
+
+WHY_WAIT = {
+    "vanished": "the previous holder's lease vanished before it expired (deleted, evicted, or lost "
+    "by a Redis restart)",
+    "unknown": "Redis has no record of a previous holder (a fresh Redis, or one that lost its data)",
+}
 
 
 def raise_if_cancelled() -> None:
@@ -74,15 +133,20 @@ def safety_margin(ttl: float) -> float:
     return min(2.0, ttl / 3)
 
 
-def mask_url(url: str) -> str:
-    """The Redis URL without its password, fit for logs and endpoints."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+def belief_window(ttl: float) -> float:
+    """How long after its last successful renewal a holder with this ttl may still count itself primary."""
+    return ttl - safety_margin(ttl)
+
+
+async def _set_on_message(pubsub: PubSub, event: asyncio.Event) -> None:
+    """Set ``event`` whenever a message arrives on the subscribed channel.
+
+    A task of its own, so that waiting for the event can time out and be cancelled cleanly (redis-py's
+    ``get_message(timeout=...)`` can swallow a cancellation).
+    """
+    async for message in pubsub.listen():
+        if message["type"] == "message":
+            event.set()
 
 
 class RedisLock:
@@ -95,53 +159,63 @@ class RedisLock:
         self.epoch_key = f"{prefix}:epoch"
         self.holder_key = f"{prefix}:holder"
         self.channel = f"{prefix}:released"
+        self.run_prefix = f"{prefix}:run"
         self.ttl = ttl
         self.retry_seconds = retry_seconds
         self.location = f"Redis key {self.key} at {mask_url(url)}"
         self.epoch = 0
-        self.token = ""
+        self.token = ""  # of the lease we hold or last held; "" once released
         # Short socket timeouts: a renewal must fail fast enough to be retried before the deadline.
         timeout = max(0.5, ttl / 6)
         self.client = Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
         )
-        self._lease = self.client.lock(self.key, timeout=ttl, blocking=False, thread_local=False)
+        self._acquire_script = self.client.register_script(ACQUIRE)
+        self._renew_script = self.client.register_script(RENEW)
+        self._release_script = self.client.register_script(RELEASE)
+        self._holder = Holder.me(0)
         self._renewed_at: float | None = None  # monotonic time the last successful renewal was sent
+        self._next_renewal = 0.0  # monotonic time of the next renewal (every ttl/3)
         self._takeover_at = 0.0  # monotonic time before which a newly won lease must not be used
+        self._longest_ttl_seen = ttl  # the longest lease of any holder seen in this scope
 
     async def try_acquire(self) -> bool:
         token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
+        holder = Holder.me(0)
+        unknown_wait_ms = round(belief_window(self._longest_ttl_seen) * 1000)
         sent_at = time.monotonic()
+        keys = [self.key, self.epoch_key, self.holder_key]
         try:
-            acquired = await self._lease.acquire(token=token)
+            result = await self._acquire_script(keys=keys, args=self._record(token, holder, unknown_wait_ms))
         except RedisError as exc:
             raise_if_cancelled()
             raise self._unreachable(exc) from exc
-        if not acquired:
+        if not result[0]:
             raise_if_cancelled()
+            if str(result[1]).isdigit():  # a longer lease than ours must be waited out one day
+                self._longest_ttl_seen = max(self._longest_ttl_seen, int(result[1]) / 1000)
             return False
-        self._renewed_at, self.token = sent_at, token
+        received_at = time.monotonic()
+        _, epoch, wait_ms, why = result
+        self.token, self.epoch, self._renewed_at = token, int(epoch), sent_at
+        self._next_renewal = sent_at + self.ttl / 3
+        self._holder = Holder(pid=holder.pid, host=holder.host, since=holder.since, epoch=self.epoch)
         if (task := asyncio.current_task()) is not None and task.cancelling():
             await self.release()  # cancelled while the lease was being taken: give it back
             raise asyncio.CancelledError
-        try:
-            server = (await self.client.info("server"))["run_id"]
-            previous = await self.client.get(self.holder_key)
-            self.epoch = await self.client.incr(self.epoch_key)
-            since = datetime.now(UTC).isoformat(timespec="seconds")
-            await self.client.set(self.holder_key, f"{token} {self.epoch} {since} {server}")
-        except RedisError as exc:
-            await self.release()  # a lease without an epoch is no use to anybody
-            raise self._unreachable(exc) from exc
-        # The last lease was granted by another Redis run (or this is the first lease ever): Redis
-        # restarted and may have lost a lease that a primary elsewhere still counts as valid. That
-        # primary steps down at most ttl - margin after its last renewal; wait that long.
-        if previous is None or str(previous).split(" ")[3:] != [server]:
-            self._takeover_at = sent_at + self.ttl - safety_margin(self.ttl)
+        self._takeover_at = received_at + int(wait_ms) / 1000
+        if int(wait_ms) > 0:
+            logger.info(
+                "Won the primary lease (epoch %d), but %s: waiting %.1f s before starting singleton "
+                "work, until that holder has surely stepped down",
+                self.epoch,
+                WHY_WAIT.get(str(why), str(why)),
+                int(wait_ms) / 1000,
+            )
         return True
 
     def takeover_delay(self) -> float:
-        return max(0.0, self._takeover_at - time.monotonic())
+        return max(0.0, self._takeover_at - time.monotonic()) if self.is_held() else 0.0
 
     async def acquire(self) -> None:
         """Try now, then again on every release announcement or every ``retry_seconds``."""
@@ -166,70 +240,86 @@ class RedisLock:
                 with suppress(asyncio.CancelledError):
                     await listener
         except RedisError as exc:
+            raise_if_cancelled()
             raise self._unreachable(exc) from exc
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def hold(self) -> None:
-        renew_every = self.ttl / 3
-        last_attempt = time.monotonic()
+        # The schedule lives on the instance: hold() is entered again after the takeover wait and
+        # must carry on from the last renewal, not start a fresh period that could end past the
+        # deadline. A failed renewal is retried sooner, a few times before the deadline.
         while self._renewed_at is not None:
-            deadline = self._renewed_at + self.ttl - safety_margin(self.ttl)
-            await asyncio.sleep(max(0.0, min(last_attempt + renew_every, deadline) - time.monotonic()))
+            deadline = self._renewed_at + belief_window(self.ttl)
+            await asyncio.sleep(max(0.0, min(self._next_renewal, deadline) - time.monotonic()))
             if not self.is_held():
                 self._renewed_at = None
                 raise LockError(
                     f"the primary lease ({self.location}) was not renewed for "
-                    f"{self.ttl - safety_margin(self.ttl):.1f} s (Redis unreachable, or this process was "
-                    "paused), so this worker stepped down before the lease could expire; check that Redis "
-                    "is running and reachable (REDIS_URL)"
+                    f"{belief_window(self.ttl):.1f} s (Redis unreachable, or this process was paused), "
+                    "so this worker stepped down before the lease could expire; check that Redis is "
+                    "running and reachable (REDIS_URL)"
                 )
-            last_attempt = time.monotonic()
+            attempt = time.monotonic()
+            args = self._record(self.token, self._holder, self.epoch)
             try:
-                await self._lease.extend(self.ttl, replace_ttl=True)
+                renewed = await self._renew_script(keys=[self.key, self.holder_key], args=args)
                 raise_if_cancelled()
-            except LockNotOwnedError:
-                self._renewed_at = None
-                logger.warning("The primary lease (%s) was taken over by another worker", self.key)
-                return
             except RedisError as exc:
                 raise_if_cancelled()
                 logger.warning("Renewing the primary lease failed, retrying: %s", exc)
-            else:
-                self._renewed_at = last_attempt
+                self._next_renewal = attempt + self.ttl / 9
+                continue
+            if not renewed:
+                self._renewed_at = None
+                logger.warning("The primary lease (%s) is gone or held by another worker", self.key)
+                return
+            self._renewed_at, self._next_renewal = attempt, attempt + self.ttl / 3
 
     def is_held(self) -> bool:
         if self._renewed_at is None:
             return False
-        return time.monotonic() - self._renewed_at < self.ttl - safety_margin(self.ttl)
+        return time.monotonic() - self._renewed_at < belief_window(self.ttl)
 
     async def release(self) -> None:
-        if self._lease.local.token is None:
+        if not self.token:
             return
-        self._renewed_at = None
+        token, self.token, self._renewed_at = self.token, "", None
         try:
-            await self._lease.release()  # deletes the key only if it still holds our token
-            await self.client.publish(self.channel, self.token)
-        except (LockNotOwnedError, RedisLockError):
-            pass  # the lease had expired already: nothing of ours to release
+            await self._release_script(keys=[self.key, self.holder_key], args=[token, self.channel])
         except RedisError as exc:
             logger.warning("Could not release the primary lease (it expires in %.0f s): %s", self.ttl, exc)
 
     async def read_holder(self) -> Holder | None:
         try:
-            stored_token, stored_details = await self.client.mget(self.key, self.holder_key)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.key)
+                pipe.hgetall(self.holder_key)
+                pipe.time()
+                token, record, (seconds, microseconds) = await pipe.execute()
         except RedisError as exc:
+            raise_if_cancelled()
             raise self._unreachable(exc) from exc
-        if stored_token is None:
+        if token is None:
             return None
-        token, details = str(stored_token), str(stored_details or "")
-        pid, _, rest = token.partition("@")
-        host = rest.rpartition("#")[0]
-        epoch, since = 0, ""
-        if details.startswith(f"{token} "):
-            _, epoch_text, since, *_ = details.split(" ")
-            epoch = int(epoch_text)
-        return Holder(pid=int(pid) if pid.isdigit() else 0, host=host, since=since, epoch=epoch)
+        if record.get("token") != token:  # a record out of step (edited by hand): the token tells
+            pid, _, rest = str(token).partition("@")
+            host = rest.rpartition("#")[0]
+            return Holder(pid=int(pid) if pid.isdigit() else 0, host=host, since="", epoch=0)
+        now_ms = int(seconds) * 1000 + int(microseconds) // 1000
+        active_ms = int(record.get("active_ms") or 0)
+        active_at = None
+        if active_ms > now_ms:  # still waiting out a previous lease: say when singleton work starts
+            active_at = datetime.now(UTC).timestamp() + (active_ms - now_ms) / 1000
+        return Holder(
+            pid=int(record.get("pid") or 0),
+            host=str(record.get("host", "")),
+            since=str(record.get("since", "")),
+            epoch=int(record.get("epoch") or 0),
+            active_at=(
+                datetime.fromtimestamp(active_at, UTC).isoformat(timespec="seconds") if active_at else None
+            ),
+        )
 
     def run_ledger(self) -> RedisRunLedger:
         return RedisRunLedger(self)
@@ -238,6 +328,20 @@ class RedisLock:
         await self.release()
         await self.client.aclose()
 
+    async def call(self, command: Awaitable[T]) -> T:
+        """Run one Redis command for this lock scope (the ledger's), translating its errors."""
+        try:
+            result = await command
+        except RedisError as exc:
+            raise_if_cancelled()
+            raise self._unreachable(exc) from exc
+        raise_if_cancelled()
+        return result
+
+    def _record(self, token: str, holder: Holder, last: int) -> list[Any]:
+        """The arguments of the acquire and renew scripts: the holder record's fields, then one more."""
+        return [token, round(self.ttl * 1000), holder.pid, holder.host, holder.since, last]
+
     def _unreachable(self, exc: Exception) -> LockError:
         return LockError(
             f"cannot reach Redis for the {self.location}: {exc}; check that Redis is running and "
@@ -245,67 +349,94 @@ class RedisLock:
         )
 
 
-class RedisRunLedger:
-    """The run ledger of the Redis backend: one key per run, ``<prefix>:run:<run id>``.
+CLAIM = """
+-- KEYS: lease, epoch, run. ARGV: token, epoch, keep_seconds
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 'fenced'
+end
+local state = redis.call('HGET', KEYS[3], 'state')
+if state == 'done' then return 'done' end
+if state and tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0') >= tonumber(ARGV[2]) then
+  return 'in progress'
+end
+redis.call('HSET', KEYS[3], 'state', 'claimed', 'epoch', ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 'claimed'
+"""
 
-    A claim is written in a transaction that watches the lease and the epoch: it succeeds only while
-    this worker's token is in the lease and its epoch is the current one (fencing), so a deposed
-    primary, even one that does not know it yet, can never claim a period.
+FINISH = """
+-- KEYS: run, latest. ARGV: epoch, keep_seconds, period
+redis.call('HSET', KEYS[1], 'state', 'done', 'epoch', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local latest = redis.call('GET', KEYS[2])
+if not latest or latest < ARGV[3] then redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+ABANDON = """
+-- KEYS: run. ARGV: epoch
+if redis.call('HGET', KEYS[1], 'state') == 'claimed' and redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+
+class RedisRunLedger:
+    """The run ledger of the Redis backend: one hash per run, ``<prefix>:run:<run id>``.
+
+    A claim is one script that first checks the lease and the epoch: it succeeds only while this
+    worker's token is in the lease and its epoch is the current one (fencing), so a deposed primary,
+    even one that does not know it yet, can never claim a period.
     """
 
     KEEP_SECONDS = 30 * 86400
 
     def __init__(self, lock: RedisLock) -> None:
         self.lock = lock
-        self.prefix = lock.key.removesuffix(":primary")
+        client = lock.client
+        self._claim, self._finish = client.register_script(CLAIM), client.register_script(FINISH)
+        self._abandon = client.register_script(ABANDON)
 
     async def claim(self, run_id: str) -> bool:
         if not self.lock.is_held():
             return False
-        lock, key = self.lock, f"{self.prefix}:run:{run_id}"
-        try:
-            async with lock.client.pipeline(transaction=True) as pipe:
-                await pipe.watch(lock.key, lock.epoch_key, key)
-                token, epoch, run = await pipe.mget(lock.key, lock.epoch_key, key)
-                if token != lock.token or str(epoch) != str(lock.epoch):
-                    return False  # fenced: somebody else is primary now
-                if run is not None:
-                    state, _, run_epoch = str(run).partition(":")
-                    if state == "done" or int(run_epoch) >= lock.epoch:
-                        return False  # done, or in progress under this or a newer epoch
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.set(key, f"claimed:{lock.epoch}", ex=self.KEEP_SECONDS)
-                await pipe.execute()
-                return True
-        except WatchError:
-            return False  # the lease, the epoch or the run changed under us: not ours to do
-        except RedisError as exc:
-            raise lock._unreachable(exc) from exc
+        keys = [self.lock.key, self.lock.epoch_key, self._run_key(run_id)]
+        args: list[Any] = [self.lock.token, self.lock.epoch, self.KEEP_SECONDS]
+        outcome = await self.lock.call(self._claim(keys=keys, args=args))
+        return bool(outcome == "claimed")
 
     async def finish(self, run_id: str) -> None:
         job, _, period = run_id.rpartition(":")
-        client = self.lock.client
-        try:
-            await client.set(f"{self.prefix}:run:{run_id}", f"done:{self.lock.epoch}", ex=self.KEEP_SECONDS)
-            latest_key = f"{self.prefix}:latest:{job}:"
-            latest = await client.get(latest_key)
-            if latest is None or str(latest) < period:
-                await client.set(latest_key, period)
-        except RedisError as exc:
-            raise self.lock._unreachable(exc) from exc
+        keys = [self._run_key(run_id), f"{self.lock.run_prefix}-latest:{job}"]
+        await self.lock.call(self._finish(keys=keys, args=[self.lock.epoch, self.KEEP_SECONDS, period]))
 
     async def abandon(self, run_id: str) -> None:
-        key = f"{self.prefix}:run:{run_id}"
-        try:
-            if await self.lock.client.get(key) == f"claimed:{self.lock.epoch}":
-                await self.lock.client.delete(key)
-        except RedisError as exc:
-            raise self.lock._unreachable(exc) from exc
+        await self.lock.call(self._abandon(keys=[self._run_key(run_id)], args=[self.lock.epoch]))
 
     async def latest_finished(self, prefix: str) -> str | None:
         job = prefix.removesuffix(":")
-        try:
-            period = await self.lock.client.get(f"{self.prefix}:latest:{job}:")
-        except RedisError as exc:
-            raise self.lock._unreachable(exc) from exc
+        period = await self.lock.call(self.lock.client.get(f"{self.lock.run_prefix}-latest:{job}"))
         return f"{job}:{period!s}" if period else None
+
+    def _run_key(self, run_id: str) -> str:
+        return f"{self.lock.run_prefix}:{run_id}"
+
+
+@asynccontextmanager
+async def demo_scope(settings: Settings) -> AsyncIterator[Settings]:
+    """Settings for ``python -m ... demo``: keys of its own (``<prefix>-demo-<random>:*``), deleted after."""
+    prefix = f"{settings.lock_key_prefix}-demo-{uuid.uuid4().hex[:8]}"
+    demo = settings.model_copy(update={"lock_key_prefix": prefix})
+    try:
+        yield demo
+    finally:
+        client = Redis.from_url(demo.redis_url, socket_timeout=5)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+        except RedisError as exc:
+            print(f"Could not delete the demo's keys {prefix}:* ({exc}); they are harmless")
+        finally:
+            await client.aclose()

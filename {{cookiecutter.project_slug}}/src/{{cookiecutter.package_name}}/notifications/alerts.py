@@ -1,10 +1,14 @@
 """Alert digests: every worker mails its own ERROR records, batched, so an error burst is one mail.
 
 ``AlertDigest`` is a ``logging.Handler`` installed on every worker (primary or not: an error on any
-worker matters). ``emit`` only puts a small tuple on a thread-safe queue, so logging an error never
-waits for a mail server and never blocks a request or the event loop. A background task drains the
-queue once per ``ALERT_DIGEST_SECONDS`` and sends one digest with repeats collapsed and counted,
-at most ``ALERT_MAX_PER_HOUR`` per hour; the worker's host, pid and role are in the subject.
+worker matters). ``emit`` only counts the record in a small table, so logging an error never waits
+for a mail server and never blocks a request or the event loop. A background task mails the table
+once per ``ALERT_DIGEST_SECONDS``: one digest with repeats collapsed and counted, at most
+``ALERT_MAX_PER_HOUR`` per hour; the worker's host, pid and role are in the subject.
+
+Everything is bounded, whatever the error rate: repeats are collapsed as they arrive (a flood of one
+message is one line with a count), a window keeps at most ``MAX_DISTINCT`` different messages of at
+most ``MAX_TEXT`` characters each, and what did not fit is counted and said in the digest.
 
 When sending fails, the digest is dropped and the failure is written to stderr (once per window,
 as there is one attempt per window), never through logging: a broken mail server must not feed the
@@ -19,19 +23,27 @@ import os
 import socket
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from email.message import EmailMessage
-from queue import Empty, SimpleQueue
 
 from ..config import Settings
+from ..redaction import RedactingFilter
 from .mail import Mailer, new_message
 
 SERVICE = "{{ cookiecutter.project_slug }}"
 NOTIFICATIONS_LOGGER = __name__.rpartition(".")[0]
-WATCHED_LOGGERS = ["", "{{ cookiecutter.package_name }}", "uvicorn.error", "gunicorn.error"]
-"""Where the handler is attached: the root logger, and the loggers that do not propagate to it."""
+WATCHED_LOGGERS = ["", "uvicorn", "gunicorn.error"]
+"""Where the handler is attached: the root logger (the service's records propagate there), and the
+server loggers that do not propagate to it."""
+MAX_DISTINCT = 100
+"""Different messages kept per window; records of further messages are only counted."""
+MAX_TEXT = 500
+"""Characters kept of one message (with its exception), so a digest stays under about 60 KB."""
+
+Key = tuple[str, str, str]
+"""(level, logger, message) of a record: records with the same key are one line of the digest."""
 
 
 def start_alert_digests(settings: Settings, role: Callable[[], str]) -> AlertDigest | None:
@@ -44,24 +56,36 @@ def start_alert_digests(settings: Settings, role: Callable[[], str]) -> AlertDig
 
 
 class AlertDigest(logging.Handler):
-    """Queues this worker's ERROR records and mails them as one digest per window."""
+    """Counts this worker's ERROR records and mails them as one digest per window."""
 
-    def __init__(self, settings: Settings, role: Callable[[], str]) -> None:
+    def __init__(
+        self, settings: Settings, role: Callable[[], str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__(level=logging.ERROR)
+        self.addFilter(RedactingFilter(settings.secret_values()))  # no password in any mail
         self.settings = settings
         self.role = role
+        self.clock = clock
         self.mailer = Mailer(settings)
-        self.records: SimpleQueue[tuple[str, str, str]] = SimpleQueue()
-        self.sent_at: deque[float] = deque()  # monotonic times of the digests sent in the last hour
-        self.suppressed = 0
+        self.pending: dict[Key, int] = {}  # this window's records, collapsed
+        self.overflow = 0  # records of this window that did not fit into ``pending``
+        self.sent_at: deque[float] = deque()  # clock times of the digests sent in the last hour
+        self.suppressed = 0  # records not mailed because ALERT_MAX_PER_HOUR was reached
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (logging.Handler.handle), which _drain takes too.
         if record.name.startswith(NOTIFICATIONS_LOGGER):
             return  # never mail about mailing
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
-        self.records.put((record.levelname, record.name, text[:500]))
+        key = (record.levelname, record.name, text[:MAX_TEXT])
+        if key in self.pending:
+            self.pending[key] += 1
+        elif len(self.pending) < MAX_DISTINCT:
+            self.pending[key] = 1
+        else:
+            self.overflow += 1
 
     def start(self) -> None:
         """Attach the handler and start the sender task (in the worker's event loop)."""
@@ -86,47 +110,52 @@ class AlertDigest(logging.Handler):
             await self.send_digest()
 
     async def send_digest(self) -> None:
-        records = self._drain()
-        if not records:
+        """Mail this window's records as one digest, unless there are none or the hourly cap is reached."""
+        records, overflow = self._drain()
+        total = sum(records.values()) + overflow
+        if not total:
             return
-        now = time.monotonic()
-        while self.sent_at and now - self.sent_at[0] > 3600:
+        now = self.clock()
+        while self.sent_at and now - self.sent_at[0] >= 3600:
             self.sent_at.popleft()
         if len(self.sent_at) >= self.settings.alert_max_per_hour:
-            self.suppressed += len(records)
+            self.suppressed += total
             return  # counted, and reported in the next digest that may be sent
         self.sent_at.append(now)
         try:
-            await self.mailer.send(self._compose(records))
+            await self.mailer.send(self.compose(records, overflow))
         except Exception as exc:
             print(
-                f"ERROR alert digest of {len(records)} record(s) not sent ({exc}); check the SMTP settings",
+                f"ERROR alert digest of {total} record(s) not sent ({exc}); check the SMTP settings",
                 file=sys.stderr,
                 flush=True,
             )
         else:
             self.suppressed = 0
 
-    def _drain(self) -> list[tuple[str, str, str]]:
-        records = []
-        while True:
-            try:
-                records.append(self.records.get_nowait())
-            except Empty:
-                return records
+    def _drain(self) -> tuple[dict[Key, int], int]:
+        with self.lock:  # type: ignore[union-attr]  # the handler's own lock, see emit
+            records, self.pending = self.pending, {}
+            overflow, self.overflow = self.overflow, 0
+        return records, overflow
 
-    def _compose(self, records: list[tuple[str, str, str]]) -> EmailMessage:
-        counts = Counter(records)
+    def compose(self, records: dict[Key, int], overflow: int = 0) -> EmailMessage:
+        total = sum(records.values()) + overflow
         where = f"{socket.gethostname()} (pid {os.getpid()}, {self.role()})"
         window = self.settings.alert_digest_seconds
-        lines = [f"{len(records)} error record(s) in the last {window:g} s on {where}:", ""]
-        lines += [
-            f"{count:>6} x {level} {name}: {text}" for (level, name, text), count in counts.most_common()
-        ]
+        lines = [f"{total} error record(s) in the last {window:g} s on {where}:", ""]
+        ranked = sorted(records.items(), key=lambda item: -item[1])
+        lines += [f"{count:>6} x {level} {name}: {text}" for (level, name, text), count in ranked]
+        if overflow:
+            lines += [
+                "",
+                f"{overflow} more record(s) of other messages are not listed: a digest lists at most "
+                f"{MAX_DISTINCT} different messages.",
+            ]
         if self.suppressed:
             lines += [
                 "",
                 f"{self.suppressed} more record(s) were not mailed: ALERT_MAX_PER_HOUR was reached.",
             ]
-        subject = f"[{SERVICE}] {len(records)} error(s) on {where}"
+        subject = f"[{SERVICE}] {total} error(s) on {where}"
         return new_message(self.settings, self.settings.alert_to, subject, "\n".join(lines))

@@ -33,7 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from ..config import Settings, cron_trigger
-from ..coordination import Election, SingletonService
+from ..coordination import Election, LockError, SingletonService
 from .mail import Mailer, new_message
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,8 @@ MAX_PERIODS_PER_RUN = 1000
 """Bound on the periods looked at in one run (a 2-second schedule after a long outage)."""
 
 
-class ServiceStats:
-    """What the example report tells: kept by this worker (``api.py`` counts the requests)."""
-
-    started = time.monotonic()
-    requests = 0
+STARTED = time.monotonic()
+"""When this worker process started, for the example report."""
 
 
 def report_scheduler(settings: Settings) -> SingletonService:
@@ -72,6 +69,8 @@ def report_scheduler(settings: Settings) -> SingletonService:
                 due.clear()
                 try:
                     await reports.send_due()  # in this task: cancelled with it on demotion
+                except LockError as exc:  # the run ledger cannot be used: the message says why
+                    logger.error("Reports cannot be sent, will retry at the next run: %s", exc)
                 except Exception as exc:  # e.g. the lock backend blinked: the next firing retries
                     logger.warning("Sending the due reports failed, will retry at the next run: %s", exc)
         finally:
@@ -141,7 +140,7 @@ class ReportSender:
     def compose(self, period: datetime) -> EmailMessage:
         """The example report: replace the body with what your service should tell."""
         election = self.election
-        uptime = timedelta(seconds=round(time.monotonic() - ServiceStats.started))
+        uptime = timedelta(seconds=round(time.monotonic() - STARTED))
         body = "\n".join(
             [
                 f"Report for {period.isoformat()} (schedule {self.settings.report_schedule!r}).",
@@ -149,7 +148,7 @@ class ReportSender:
                 f"Sent by the primary worker: pid {os.getpid()} on {socket.gethostname()},",
                 f"primary since {election.primary_since.isoformat() if election.primary_since else '-'}"
                 f" (epoch {election.lock.epoch}).",
-                f"This worker has been up for {uptime} and has served {ServiceStats.requests} requests.",
+                f"This worker has been up for {uptime}.",
             ]
         )
         subject = f"[{SERVICE}] Report {period:%Y-%m-%d %H:%M:%S %Z}"

@@ -1,0 +1,88 @@
+"""Keeping secrets out of every output: logs, alert mails, ``/health/worker`` and the status command.
+
+Two tools, used together:
+
+* ``mask_url`` writes a connection URL without its credentials, for the messages that name a server.
+  A password can sit in the user part (``redis://:secret@host``) or in the query string
+  (``redis://host/0?password=secret``, which redis-py accepts as well): both are masked.
+* ``RedactingFilter`` is a safety net on every log handler: if a secret value slips into a log record
+  anyway (an exception message of a library that echoes its connection string, say), it is replaced
+  with ``***`` before the record is written or mailed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+MASK = "***"
+SECRET_QUERY_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
+"""Query parameters whose value is a secret: password, ssl_password, sslpassword, auth_token, ..."""
+MIN_REDACTED_LENGTH = 4
+"""Shorter secrets are not searched for in log text: redacting every "ab" would garble the logs."""
+
+
+def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
+    """``(user, password, host_and_port)`` of a URL's network location, undecoded."""
+    if "@" not in netloc:
+        return None, None, netloc
+    userinfo, _, host = netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return user, (password if colon else None), host
+
+
+def mask_url(url: str) -> str:
+    """The URL with every password replaced by ``***``, fit for logs and endpoints."""
+    parts = urlsplit(url)
+    user, password, host = _split_userinfo(parts.netloc)
+    netloc = parts.netloc if password is None else f"{user}:{MASK}@{host}"
+    query = "&".join(
+        f"{key}={MASK}" if SECRET_QUERY_KEY.search(unquote(key)) else f"{key}{sep}{value}"
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL carries, as written and percent-decoded (both forms may end up in text)."""
+    parts = urlsplit(url)
+    _, password, _ = _split_userinfo(parts.netloc)
+    found = [password] if password else []
+    for key, _, value in (item.partition("=") for item in parts.query.split("&") if item):
+        if SECRET_QUERY_KEY.search(unquote(key)) and value:
+            found.append(value)
+    return sorted({form for secret in found for form in (secret, unquote(secret))})
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of every secret replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: one may contain another
+        if len(secret) >= MIN_REDACTED_LENGTH:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces the given secrets in a record's message and traceback before any handler writes it."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [secret for secret in secrets if len(secret) >= MIN_REDACTED_LENGTH]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        redacted = redact(message, self.secrets)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse a record's cached exc_text: fill it in, already redacted.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, self.secrets)
+        return True
