@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,31 @@ def run(cmd: list[str], cwd: Path, *, timeout: float = 300, **env: str) -> subpr
         timeout=timeout,
         check=False,
     )
+
+
+def run_in_own_session(cmd: list[str], cwd: Path, *, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    """``run``, for a command that starts servers of its own: on a timeout its whole process group is
+    killed (servers and all), not only the command, and the output so far is shown."""
+    process = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"{' '.join(cmd)} timed out after {timeout:.0f} s:\n{output[-6000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
+    return subprocess.CompletedProcess(cmd, process.returncode, output)
 
 
 def check(cmd: list[str], cwd: Path, **env: str) -> None:

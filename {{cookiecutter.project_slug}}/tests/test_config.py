@@ -50,6 +50,7 @@ BAD_VALUES = [
     ("LOCK_PATH", "primary.lock", "invalid setting LOCK_PATH='primary.lock': must be an absolute path"),
     ("LOCK_PATH", "/tmp/../etc/x.lock", "invalid setting LOCK_PATH='/tmp/../etc/x.lock': must name a file"),
     ("REDIS_URL", "redis://:pw@host:port", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
+    ("REDIS_URL", "redis://h/0?socket_timeout=abc", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
     ("LOCK_KEY_PREFIX", "", "invalid setting LOCK_KEY_PREFIX='': String should have at least 1 character"),
     ("LOCK_TTL_SECONDS", "nan", "invalid setting LOCK_TTL_SECONDS='nan': must be a number from 1 to 300"),
     ("LOG_LEVEL", "LOUD", "invalid setting LOG_LEVEL='LOUD': Input should be 'DEBUG', 'INFO', 'WARNING'"),

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
 
 from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker, make_lock
+from {{ cookiecutter.package_name }}.coordination import election as election_module
 
-from conftest import settings_from
+from conftest import settings_from, unusable_lock_env
 from support import eventually, run_scenario
 
 
@@ -85,3 +92,40 @@ def test_one_shot_api_answers_once(lock_env: dict[str, str]) -> None:
         await second_lock.close()
 
     run_scenario(scenario)
+
+
+def test_a_failing_lock_is_retried_with_a_doubling_delay_and_its_error_repeated_while_it_lasts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_from(unusable_lock_env(tmp_path))
+    monkeypatch.setattr(election_module, "ERROR_REPEAT_SECONDS", 0.5)  # 60 s in production
+    monkeypatch.setattr(election_module, "MAX_RETRY_SECONDS", 0.4)  # 10 s in production
+    attempts: list[float] = []
+
+    async def scenario() -> None:
+        lock = make_lock(settings)
+        real_try_acquire = lock.try_acquire
+
+        async def counted_try_acquire() -> bool:
+            attempts.append(time.monotonic())
+            return await real_try_acquire()
+
+        lock.try_acquire = counted_try_acquire  # type: ignore[method-assign]
+        election = Election(lock, retry_seconds=0.05)
+        await election.start()
+        await asyncio.sleep(2.0)
+        assert not election.is_primary and election.lock_error
+        await election.stop()
+
+    with caplog.at_level(logging.ERROR):
+        run_scenario(scenario)
+
+    delays = [later - earlier for earlier, later in pairwise(attempts)]
+    expected = [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # doubling from LOCK_RETRY_SECONDS, then capped
+    assert len(delays) >= len(expected), delays
+    for delay, wanted in zip(delays, expected, strict=False):
+        assert wanted * 0.9 <= delay <= wanted + 0.15, (delays, expected)
+    errors = [r.created for r in caplog.records if "Primary lock unavailable" in r.getMessage()]
+    # The same error is logged once, then again whenever it has lasted another repeat interval.
+    assert 3 <= len(errors) <= 5, errors
+    assert all(later - earlier >= 0.5 for earlier, later in pairwise(errors)), errors

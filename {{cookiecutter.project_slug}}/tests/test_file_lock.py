@@ -13,7 +13,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from {{ cookiecutter.package_name }}.coordination.file_lock import (
     FileRunLedger,
     parse_lock_file,
 )
+from {{ cookiecutter.package_name }}.coordination.process import boot_id, pid_namespace
 
 from conftest import PACKAGE, PROJECT, Server, service_env
 from support import eventually, run_scenario, wait_until
@@ -33,7 +35,10 @@ from support import eventually, run_scenario, wait_until
 
 @pytest.fixture
 def lock_path(lock_env: dict[str, str]) -> Path:
-    return Path(lock_env["LOCK_PATH"])
+    """LOCK_PATH of the test's scope, in its private directory (created as the service would)."""
+    path = Path(lock_env["LOCK_PATH"])
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def lock_file_pid(lock_path: Path) -> int | None:
@@ -48,7 +53,7 @@ def test_lock_file_shows_the_primary_pid_first(start_server: Callable[..., Serve
     first_line, *details = lock_path.read_text().splitlines()
 
     assert first_line == str(primary)  # `cat LOCK_PATH` shows the PID, as the original guide promised
-    assert {line.split("=", 1)[0] for line in details} == {"host", "since", "epoch"}
+    assert {line.split("=", 1)[0] for line in details} == {"host", "since", "epoch", "boot", "pidns"}
     server.stop()
     assert lock_path.exists()  # never unlinked: unlinking would let two workers lock two inodes
 
@@ -89,7 +94,7 @@ def test_deleted_lock_file_is_recreated_by_the_same_primary(
     lock_path.unlink()
 
     wait_until(lambda: lock_file_pid(lock_path) == primary, "the primary to re-lock a new lock file")
-    server.wait_for_log("deleted or replaced by hand")
+    server.wait_for_log("was deleted by hand; locking a new one")
     assert server.primaries() == {primary}
     # The standbys now wait on the new file: killing the primary still fails over at once.
     os.kill(primary, signal.SIGKILL)
@@ -118,12 +123,14 @@ def test_lock_file_replaced_by_one_held_elsewhere_makes_the_primary_step_down(
     server.assert_never_two_primaries()
 
 
-def make_unwritable(directory: Path) -> Iterator[None]:
+def make_unwritable(directory: Path) -> Generator[None]:
     """chmod for ordinary users; root ignores permissions, so for root mark the directory immutable."""
     if os.geteuid() != 0:
         directory.chmod(0o555)
-        yield
-        directory.chmod(0o755)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
         return
     if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(directory)]).returncode:
         pytest.skip("running as root and this file system cannot mark a directory immutable (chattr +i)")
@@ -136,7 +143,7 @@ def make_unwritable(directory: Path) -> Iterator[None]:
 BrokenPath = tuple[Path, str, Callable[[], None]]
 """A lock path that cannot be used, the error it must cause, and how to repair it."""
 
-BROKEN = ["unwritable-directory", "uncreatable-directory", "symlink", "foreign-owner"]
+BROKEN = ["unwritable-directory", "uncreatable-directory", "symlink", "fifo", "foreign-owner"]
 
 
 @pytest.fixture(params=BROKEN)
@@ -150,7 +157,10 @@ def broken_lock_path(
         directory.mkdir()
         unwritable = make_unwritable(directory)
         next(unwritable)
-        yield directory / "primary.lock", "cannot open the lock file", lambda: next(unwritable, None)
+        try:
+            yield directory / "primary.lock", "cannot open the lock file", lambda: next(unwritable, None)
+        finally:
+            unwritable.close()  # undone even when the test fails before it repairs
     elif case == "uncreatable-directory":
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("a file where the lock directory should be")
@@ -159,6 +169,10 @@ def broken_lock_path(
         link = tmp_path / "primary.lock"
         link.symlink_to(tmp_path / "elsewhere.lock")
         yield link, "is a symbolic link", link.unlink
+    elif case == "fifo":
+        fifo = tmp_path / "primary.lock"
+        os.mkfifo(fifo, 0o600)
+        yield fifo, "is not a regular file", fifo.unlink
     else:
         if os.geteuid() != 0:
             pytest.skip("needs root to create a lock file owned by another user")
@@ -257,6 +271,11 @@ def test_a_full_disk_leaks_no_lock_and_a_primary_exists_once_space_is_freed(
 
 
 FAILING_STEPS = [("fcntl", "flock"), ("os", "fstat"), ("os", "pread"), ("os", "pwrite"), ("os", "ftruncate")]
+MESSAGES = {
+    "flock": "put LOCK_PATH on a local file system that supports file locks",
+    "pwrite": "free space on its file system",
+    "ftruncate": "free space on its file system",
+}
 
 
 @pytest.mark.parametrize(("module", "function"), FAILING_STEPS, ids=[f for _, f in FAILING_STEPS])
@@ -275,10 +294,12 @@ def test_a_failing_step_raises_lock_error_and_leaves_no_descriptor_and_no_lock(
         before = open_descriptors()
         monkeypatch.setattr(target, function, failing)
         try:
-            with pytest.raises(LockError):
+            with pytest.raises(LockError) as error:
                 await (lock.try_acquire() if path == "try_acquire" else lock.acquire())
         finally:
             monkeypatch.setattr(target, function, real)
+        assert str(lock_path) in str(error.value) and "Input/output error (injected)" in str(error.value)
+        assert MESSAGES.get(function, "check the file and its file system") in str(error.value)
         await asyncio.sleep(0.05)  # a waiting thread (acquire) closes its descriptor on its own
         assert open_descriptors() == before, "a descriptor of the failed attempt is still open"
         assert not lock.is_held()
@@ -287,6 +308,13 @@ def test_a_failing_step_raises_lock_error_and_leaves_no_descriptor_and_no_lock(
         await other.release()
 
     run_scenario(scenario)
+
+
+def test_status_fails_when_the_lock_file_cannot_be_read(lock_path: Path) -> None:
+    lock_path.symlink_to(lock_path.with_name("elsewhere.lock"))
+    result = status(lock_path)
+    assert result.returncode == 1
+    assert f"cannot read the lock file {lock_path}" in result.stderr
 
 
 def test_status_fails_when_a_process_holds_the_lock_but_names_no_holder(lock_path: Path) -> None:
@@ -310,7 +338,8 @@ def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path, mode: int)
         with pytest.raises(LockError) as error:
             await FileLock(shared / "primary.lock").try_acquire()
         message = str(error.value)
-        assert f"{shared} of the lock file {shared / 'primary.lock'} is writable by other users" in message
+        assert f"the directory of the lock file {shared / 'primary.lock'} is not the service's own" in message
+        assert f"{shared} is writable by other users" in message
         assert f"/tmp/{PACKAGE}/primary.lock" in message  # the fix
         assert not (shared / "primary.lock").exists()  # refused before anything was created
 
@@ -387,7 +416,7 @@ def plant_foreign(ledger: Path) -> str:
 
 @pytest.mark.parametrize("plant", [plant_symlink, plant_world_writable, plant_foreign])
 def test_a_planted_run_ledger_is_refused(lock_path: Path, plant: Callable[[Path], str]) -> None:
-    ledger_path = lock_path.with_name(f"{lock_path.stem}.runs.sqlite3")
+    ledger_path = lock_path.with_name(f"{lock_path.name}.runs.sqlite3")
     problem = plant(ledger_path)
 
     async def scenario() -> None:
@@ -399,5 +428,95 @@ def test_a_planted_run_ledger_is_refused(lock_path: Path, plant: Callable[[Path]
             await ledger.claim("report:20260101T070000Z")
         assert f"the run ledger {ledger_path} {problem}" in str(error.value)
         await lock.release()
+
+    run_scenario(scenario)
+
+
+def test_a_directory_above_the_lock_directory_that_others_control_is_refused(tmp_path: Path) -> None:
+    """Another account that owns (or may write) a directory above could rename the service's
+    directory away and put its own in place: refused before anything is created there."""
+    above = tmp_path / "shared"
+    above.mkdir()
+    above.chmod(0o777)  # not sticky: anybody may rename what is inside
+    lock_path = above / "service" / "primary.lock"
+
+    async def scenario() -> None:
+        with pytest.raises(LockError, match=f"{above}, above it, is writable by other users"):
+            await FileLock(lock_path).try_acquire()
+
+    run_scenario(scenario)
+    assert not (above / "service").exists()
+
+
+def test_a_child_forked_by_the_primary_does_not_keep_the_lock(lock_path: Path) -> None:
+    """A child forked without exec (a process pool under gunicorn) inherits the descriptors; it
+    closes the lock's at once, so the lock still dies with the primary."""
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: report whether it still holds anything, then linger
+            os.write(write_end, b"held" if lock.is_held() else b"free")
+            time.sleep(30)
+            os._exit(0)
+        try:
+            assert os.read(read_end, 4) == b"free"
+            await lock.release()  # the primary goes; the child lives on
+            successor = FileLock(lock_path)
+            assert await successor.try_acquire(), "the forked child kept the kernel lock"
+            await successor.release()
+        finally:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            os.close(read_end)
+            os.close(write_end)
+
+    run_scenario(scenario)
+
+
+def test_status_fails_when_the_named_primary_is_gone_but_the_lock_is_held(lock_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "pass"])
+    holder.wait()  # a pid that is certainly not running any more
+    lock_path.write_text(
+        f"{holder.pid}\nhost=x\nsince=2026-01-01T00:00:00+00:00\nepoch=3\n"
+        f"boot={boot_id()}\npidns={pid_namespace()}\n"
+    )
+    with lock_path.open("r+") as inherited:
+        fcntl.flock(inherited, fcntl.LOCK_EX)  # as a forked child of the dead primary would
+
+        result = status(lock_path)
+
+    assert result.returncode == 1
+    assert (
+        f"names pid {holder.pid} as the primary, which is not running, yet the lock is held" in result.stderr
+    )
+
+
+@pytest.mark.parametrize("epoch", ["9223372036854775807", "\u00b2", "12a"])
+def test_a_lock_file_with_a_tampered_epoch_is_refused_with_a_reason(lock_path: Path, epoch: str) -> None:
+    lock_path.write_text(f"4242\nhost=x\nsince=2026-01-01T00:00:00+00:00\nepoch={epoch}\n")
+
+    async def scenario() -> None:
+        with pytest.raises(LockError, match="not a lock file of this service"):
+            await FileLock(lock_path).try_acquire()
+
+    run_scenario(scenario)
+
+
+def test_each_lock_file_has_a_ledger_of_its_own(lock_path: Path) -> None:
+    """Two deployments with two lock files in one directory (prod and staging) share nothing."""
+
+    async def scenario() -> None:
+        prod, staging = (
+            FileLock(lock_path.with_name("prod.lock")),
+            FileLock(lock_path.with_name("staging.lock")),
+        )
+        assert await prod.try_acquire() and await staging.try_acquire()
+        await prod.run_ledger().finish("report:20260101T070000Z")
+        assert await staging.run_ledger().claim("report:20260101T070000Z") == "claimed"
+        await prod.release()
+        await staging.release()
 
     run_scenario(scenario)

@@ -7,6 +7,7 @@ the fault tests kill, pause and restart it. The tests use a 3 s lease (``LOCK_TT
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import shutil
@@ -14,18 +15,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import redis
 
-from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker, make_lock
+from {{ cookiecutter.package_name }}.config import MAX_LOCK_TTL_SECONDS, Settings
+from {{ cookiecutter.package_name }}.coordination import Election, LockError, is_primary_worker, make_lock
 from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock
 from {{ cookiecutter.package_name }}.redaction import mask_url
 
 from conftest import PACKAGE, Server, current_holder, service_env, settings_from
+from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env
 from redis_server import RedisServer, redis_server_binaries, tls_capable_binary
 from support import assert_one_primary_at_a_time, eventually, free_port, run_scenario, wait_until
 
@@ -181,6 +186,7 @@ def test_a_gracefully_released_or_expired_lease_is_taken_over_without_waiting(
     async def scenario() -> None:
         first, second, third = redis_lock(settings), redis_lock(settings), redis_lock(settings)
         assert await first.try_acquire()
+        await asyncio.sleep(first.takeover_delay())  # a fresh scope: the first holder waits once
         await first.release()
         assert await second.try_acquire()
         assert second.takeover_delay() == 0  # released: nothing to wait for
@@ -456,3 +462,195 @@ def test_the_takeover_wait_is_visible_in_logs_health_and_status(
     assert server.wait_for_primary(timeout=4 + SLACK) == holder.pid
     after = current_holder(lock_env)
     assert after is not None and after.active_at is None
+
+
+def test_demo_against_an_unreachable_redis_fails_with_the_reason(lock_env: dict[str, str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.coordination", "demo", "--workers", "2"],
+        env=service_env(lock_env, REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 1
+    assert f"Demo election on the Redis key {lock_env['LOCK_KEY_PREFIX']}-demo-" in result.stdout
+    assert "FAILED: cannot reach Redis" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("persistence", ["appendonly", "none"])
+def test_a_redis_crash_never_duplicates_a_report_and_bounds_the_gap(
+    start_server: Callable[..., Server], smtp_sink: MailSink, tmp_path: Path, persistence: str
+) -> None:
+    durable = ("--appendonly", "yes", "--appendfsync", "always") if persistence == "appendonly" else ()
+    own_redis = RedisServer(tmp_path, *durable)
+    try:
+        env = {**mail_env(smtp_sink), "REDIS_URL": own_redis.url}
+        both = both_instances(start_server, env=env)
+        wait_until(lambda: len(set(smtp_sink.periods())) >= 3, "3 report periods", 60)
+
+        own_redis.kill()  # a crash: appendonly keeps every write, without it the data is gone
+        own_redis.start()
+        sent_before = len(set(smtp_sink.periods()))
+        wait_until(lambda: len(set(smtp_sink.periods())) >= sent_before + 5, "5 more periods", 60)
+        for server in both:
+            server.stop()
+    finally:
+        own_redis.stop()
+
+    periods = smtp_sink.periods()
+    assert [period for period, count in Counter(periods).items() if count > 1] == [], "duplicate reports"
+    assert_one_primary_at_a_time(merged_events(*both))
+    if persistence == "appendonly":
+        assert_each_period_once_without_gaps(periods)  # the ledger survived: missed periods caught up
+    else:
+        # The ledger went with Redis's data: the next primary sends from its promotion on, which
+        # comes once any earlier lease has surely ended (ttl 3 s, so 2 s) plus a retry.
+        gaps = [later - earlier for earlier, later in pairwise(sorted(set(periods)))]
+        assert max(gaps) <= timedelta(seconds=TTL + 2 * 2 + SLACK), gaps
+
+
+# -- Keys that vanish, waits that are passed on, keys garbled by hand --------------------------------
+
+
+async def warm(lock: RedisLock) -> None:
+    """Take the lease of a scope whose last holder released it: no wait, a primary like any other."""
+    await lock.client.hset(lock.holder_key, mapping={"state": "released", "active_ms": 0})
+    assert await lock.try_acquire() and lock.takeover_delay() == 0
+
+
+def test_a_holder_that_stops_or_dies_while_waiting_passes_its_wait_on(lock_env: dict[str, str]) -> None:
+    """The lease vanishes under a primary (ttl 6); the next holder waits it out, but stops (SIGTERM)
+    or dies during its wait: the one after it must still wait for the first primary."""
+    settings = settings_from({**lock_env, "LOCK_TTL_SECONDS": "6"})
+    short = settings.model_copy(update={"lock_ttl_seconds": 1.5, "lock_retry_seconds": 0.1})
+
+    async def scenario() -> None:
+        primary = redis_lock(settings)
+        await warm(primary)
+        await primary.client.delete(primary.key)  # the primary still believes in its lease
+        waiting = redis_lock(short)
+        assert await waiting.try_acquire() and waiting.takeover_delay() > 5
+        await waiting.release()  # stopped during its wait (a deploy)
+        after_stop = redis_lock(short)
+        assert await after_stop.try_acquire()
+        assert after_stop.takeover_delay() > 4.5  # still the first primary's lease to wait for
+        await asyncio.sleep(1.6)  # it dies: its 1.5 s lease expires unrenewed
+        after_crash = redis_lock(short)
+        assert await after_crash.try_acquire()
+        assert after_crash.takeover_delay() > 3  # and still
+        for lock in (primary, waiting, after_stop, after_crash):
+            await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_a_primary_notices_a_lost_lease_within_half_a_second(
+    lock_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """Whatever its ttl: an instance started after Redis lost its data knows no longer lease than its
+    own, and waits only that (here 1.3 s) before it starts singleton work."""
+    settings = settings_from({**lock_env, "LOCK_TTL_SECONDS": "12"})
+    newcomer = settings.model_copy(update={"lock_ttl_seconds": 2.0, "lock_retry_seconds": 0.1})
+
+    async def scenario() -> None:
+        primary = redis_lock(settings)
+        await warm(primary)
+        holding = asyncio.create_task(primary.hold())
+        await asyncio.sleep(0.1)  # right after a renewal would be the worst moment for ttl/3 (4 s)
+        await primary.client.flushdb()  # or a restart without persistence
+        fresh = redis_lock(newcomer)
+        assert await fresh.try_acquire()
+        wait = fresh.takeover_delay()
+        assert 1 < wait < 1.5
+        await asyncio.wait_for(holding, wait)  # the old primary gave up before the newcomer starts
+        assert not primary.is_held()
+        await primary.close()
+        await fresh.close()
+
+    run_scenario(scenario)
+
+
+def test_the_one_shot_api_holds_the_lease_through_its_takeover_wait(lock_env: dict[str, str]) -> None:
+    settings = settings_from(lock_env)  # a fresh scope: the winner waits 2 s first
+
+    async def scenario() -> None:
+        won, lock = await is_primary_worker(settings)
+        assert won and lock is not None
+        assert lock.is_held()  # it renewed while it waited, so the answer is still true
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_no_renewal_runs_past_the_deadline_whatever_the_socket_timeout(
+    lock_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    settings = settings_from({**lock_env, "REDIS_URL": f"{redis_server.url}?socket_timeout=20"})
+
+    async def scenario() -> None:
+        lock = redis_lock(settings)
+        await warm(lock)
+        holding = asyncio.create_task(lock.hold())
+        redis_server.pause()  # a renewal now hangs until its socket timeout (20 s)
+        try:
+            started = time.monotonic()
+            with pytest.raises(LockError, match="was not renewed"):
+                await asyncio.wait_for(holding, TTL + SLACK)
+            assert time.monotonic() - started <= TTL - 1 + 0.5  # at the deadline (ttl - margin)
+        finally:
+            redis_server.resume()
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_keys_garbled_by_hand_are_repaired_not_obeyed_for_ever(
+    lock_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_from({**lock_env, "LOCK_TTL_SECONDS": "1", "LOCK_RETRY_SECONDS": "0.1"})
+    prefix = settings.lock_key_prefix
+
+    async def scenario() -> None:
+        first = redis_lock(settings)
+        await warm(first)
+        await first.client.delete(f"{prefix}:epoch")  # the fencing token, gone
+        assert await first.run_ledger().claim("report:20260101T070000Z") == "fenced"
+        holding = asyncio.create_task(first.hold())
+        await asyncio.sleep(0.6)  # a renewal puts its epoch back
+        assert await first.run_ledger().claim("report:20260101T070000Z") == "claimed"
+        holding.cancel()
+        await first.close()
+
+        client = first.client = redis_lock(settings).client
+        await client.set(f"{prefix}:epoch", "garbage")
+        second = redis_lock(settings)
+        assert await second.try_acquire() and second.epoch > first.epoch  # repaired, never lower
+        await second.close()
+        await client.set(f"{prefix}:holder", "garbage")  # a record of the wrong type
+        other = redis_lock(settings)
+        assert await other.try_acquire() and other.epoch > second.epoch
+        assert (await other.read_holder()) is not None
+        await other.close()
+
+        await client.set(f"{prefix}:primary", "garbage")  # a lease without expiry
+        third = redis_lock(settings)
+        assert not await third.try_acquire()
+        assert 0 < await client.pttl(f"{prefix}:primary") <= 1000  # it expires now
+        await asyncio.sleep(1.1)
+        assert await third.try_acquire()
+        await client.hset(f"{prefix}:holder", "pid", "abc")  # garbage fields: no crash
+        await client.hset(f"{prefix}:holder", "expires_ms", "99999999999999")
+        assert await third.read_holder() is not None
+        await client.delete(f"{prefix}:primary")
+        fourth = redis_lock(settings)
+        assert await fourth.try_acquire()
+        assert fourth.takeover_delay() <= MAX_LOCK_TTL_SECONDS  # a wait of ages is capped
+        await third.close()
+        await fourth.close()
+        await client.aclose()
+
+    with caplog.at_level(logging.ERROR):
+        run_scenario(scenario)
+    assert "held no number (edited by hand?)" in caplog.text
+    assert "had no expiry (set by hand?)" in caplog.text

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.coordination import Election, make_lock
 from {{ cookiecutter.package_name }}.notifications.mail import Mailer
 from {{ cookiecutter.package_name }}.notifications.reports import PERIOD_FORMAT, ReportSender
 
-from conftest import settings_from
+from conftest import settings_from, take_over_behind_its_back
 from support import run_scenario
 
 
@@ -22,22 +23,52 @@ def test_a_period_is_claimed_once_and_only_by_the_current_primary(lock_env: dict
         first, second = make_lock(settings), make_lock(settings)
         assert await first.try_acquire()
         ledger = first.run_ledger()
-        assert await ledger.claim("report:20260101T070000Z")
-        assert not await ledger.claim("report:20260101T070000Z")  # in progress under this epoch
-        assert await ledger.claim("report:20260102T070000Z")
+        assert await ledger.claim("report:20260101T070000Z") == "claimed"
+        # Claimed again by the same primary (its reply was lost, or a failure could not give it
+        # back): its own to do again.
+        assert await ledger.claim("report:20260101T070000Z") == "claimed"
+        assert await ledger.claim("report:20260102T070000Z") == "claimed"
         await ledger.finish("report:20260102T070000Z")
+        assert await ledger.claim("report:20260102T070000Z") == "done"
         assert await ledger.latest_finished("report:") == "report:20260102T070000Z"
 
         await first.release()  # as if it died in mid-send of the 1 January report
-        assert not await ledger.claim("report:20260103T070000Z")  # deposed: fenced out
+        assert await ledger.claim("report:20260103T070000Z") == "fenced"  # deposed
         assert await second.try_acquire()
         successor = second.run_ledger()
-        assert await successor.claim("report:20260101T070000Z")  # unfinished: the successor redoes it
-        assert not await successor.claim("report:20260102T070000Z")  # done: never again
+        assert await successor.claim("report:20260101T070000Z") == "claimed"  # unfinished: redone
+        assert await successor.claim("report:20260102T070000Z") == "done"  # never again
         await successor.abandon("report:20260101T070000Z")  # a failed send gives the claim back
-        assert await successor.claim("report:20260101T070000Z")
+        assert await successor.claim("report:20260101T070000Z") == "claimed"
         await first.close()
         await second.close()
+
+    run_scenario(scenario)
+
+
+def test_a_deposed_holder_that_still_believes_it_holds_the_lock_is_fenced_out(
+    lock_env: dict[str, str],
+) -> None:
+    settings = settings_from(lock_env)
+
+    async def scenario() -> None:
+        deposed = make_lock(settings)
+        assert await deposed.try_acquire()
+        ledger = deposed.run_ledger()
+        assert await ledger.claim("report:20260101T070000Z") == "claimed"  # then the holder is deposed
+
+        successor = await take_over_behind_its_back(settings)
+
+        assert deposed.is_held()  # by its own reckoning it is still primary: only the fence stops it
+        assert await ledger.claim("report:20260102T070000Z") == "fenced"
+        successors = successor.run_ledger()
+        assert await successors.claim("report:20260102T070000Z") == "claimed"
+        assert await successors.claim("report:20260101T070000Z") == "claimed"  # unfinished: redone
+        await successors.finish("report:20260101T070000Z")
+        assert await ledger.claim("report:20260101T070000Z") == "fenced"
+        assert await successors.latest_finished("report:") == "report:20260101T070000Z"
+        await deposed.close()
+        await successor.close()
 
     run_scenario(scenario)
 
@@ -55,7 +86,7 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
         now = datetime.now(UTC).replace(microsecond=0)
         ledger = election.lock.run_ledger()
         last_sent = f"report:{(now - timedelta(seconds=60)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim(last_sent)
+        assert await ledger.claim(last_sent) == "claimed"
         await ledger.finish(last_sent)
 
         due = await ReportSender(settings, election, Mailer(settings)).due_periods(now)
@@ -67,3 +98,54 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
     with caplog.at_level(logging.WARNING):
         run_scenario(scenario)
     assert "Skipping 49 report period(s)" in caplog.text  # 59 missed, 10 of them still in the window
+
+
+def every_second(lock_env: dict[str, str]) -> Settings:
+    return settings_from(lock_env).model_copy(
+        update={"report_schedule": "* * * * * *", "report_catch_up_seconds": 3600.0}
+    )
+
+
+def test_a_ledger_created_anew_sends_nothing_older_than_itself(lock_env: dict[str, str]) -> None:
+    """Primary for ten minutes, then its ledger is lost (deleted, or Redis lost its data): nothing
+    says which of those periods were sent, so none of them is sent again."""
+    settings = every_second(lock_env)
+
+    async def scenario() -> None:
+        election = Election(make_lock(settings))
+        await election.start()
+        sender = ReportSender(settings, election, Mailer(settings))
+        sender.promoted_at = datetime.now(UTC) - timedelta(minutes=10)
+        created = datetime.fromtimestamp(await election.lock.run_ledger().created_at(), UTC)
+        now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+
+        due = await sender.due_periods(now)
+
+        assert due and min(due) >= created - timedelta(seconds=1), due[:3]
+        assert len(due) <= 4  # not the 600 periods since the promotion
+        await election.stop()
+
+    run_scenario(scenario)
+
+
+def test_a_report_marked_sent_in_the_future_is_ignored_with_an_error(
+    lock_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = every_second(lock_env)
+
+    async def scenario() -> None:
+        election = Election(make_lock(settings))
+        await election.start()
+        sender = ReportSender(settings, election, Mailer(settings))
+        now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        ledger = election.lock.run_ledger()
+        tomorrow = f"report:{(now + timedelta(days=1)).strftime(PERIOD_FORMAT)}"
+        assert await ledger.claim(tomorrow) == "claimed"  # a primary whose clock was a day ahead
+        await ledger.finish(tomorrow)
+
+        assert await sender.due_periods(now)  # reports go on, instead of waiting for tomorrow
+        await election.stop()
+
+    with caplog.at_level(logging.ERROR):
+        run_scenario(scenario)
+    assert "lies in the future (a clock that was ahead, or an edited ledger); ignoring it" in caplog.text

@@ -75,6 +75,9 @@ def url_forms(port: int, socket: Path) -> dict[str, str]:
         "user-and-password": f"redis://default:{quote(SENTINEL, safe='')}@127.0.0.1:{port}/0",
         "query": f"redis://127.0.0.1:{port}/0?password={quote(SENTINEL, safe='')}",
         "unix-socket-query": f"unix://{socket}?db=0&password={quote(SENTINEL, safe='')}",
+        # A password written where the user name goes: redis-py takes it for a user name (and Redis
+        # refuses it), but it is a secret all the same.
+        "password-as-user": f"redis://{quote(SENTINEL, safe='')}@127.0.0.1:{port}/0",
     }
 
 
@@ -108,6 +111,22 @@ def test_the_redis_password_is_in_no_output_in_any_url_form(
         redis_server.stop()
 
 
+def test_a_password_written_as_the_user_name_is_not_shown(
+    start_server: Callable[..., Server], lock_env: dict[str, str], tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path, password=SENTINEL, unix_socket=True)
+    try:
+        assert redis_server.socket is not None
+        url = url_forms(redis_server.port, redis_server.socket)["password-as-user"]
+        server = start_server("uvicorn", workers=2, env={"REDIS_URL": url})
+        line = server.wait_for_log(r"ERROR .*Primary lock unavailable")
+        assert "redis://***@127.0.0.1" in line
+        output = server.output() + server.get("/health/worker").text + status_output(lock_env, REDIS_URL=url)
+        assert_no_secret(output, *SECRET_FORMS)
+    finally:
+        redis_server.stop()
+
+
 def test_a_wrong_redis_password_keeps_every_worker_standby_and_is_not_shown(
     start_server: Callable[..., Server], lock_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -116,7 +135,7 @@ def test_a_wrong_redis_password_keeps_every_worker_standby_and_is_not_shown(
         url = f"redis://:{quote(SENTINEL, safe='')}@127.0.0.1:{redis_server.port}/0"
         server = start_server("uvicorn", workers=2, env={"REDIS_URL": url})
 
-        line = server.wait_for_log(r"ERROR .*Primary lock unavailable.*cannot reach Redis")
+        line = server.wait_for_log(r"ERROR .*Primary lock unavailable.*Redis refused the credentials")
         assert "redis://:***@127.0.0.1" in line
         assert server.primaries() == set()
         answer = server.get("/health/worker").json()

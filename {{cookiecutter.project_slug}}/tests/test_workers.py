@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 import pytest
 
-from conftest import Server, current_holder
-from support import is_alive, wait_until
+from conftest import PACKAGE, Server, current_holder, service_env
+from support import free_port, is_alive, wait_until
 
 BACKEND = "{{ cookiecutter.lock_backend }}"
 
@@ -31,10 +32,11 @@ def test_four_workers_elect_exactly_one_primary(
     assert len(workers) == 4
     holder = current_holder(lock_env)
     assert holder is not None and holder.pid == primary
-    # Every worker, whichever answers, agrees on who holds the lock.
-    answers = [server.get("/health/worker").json() for _ in range(40)]
-    assert {answer["holder"]["pid"] for answer in answers} == {primary}
-    for answer in answers:
+    # Every one of the four workers answers, and agrees on who holds the lock.
+    answers = server.answers_from_every_worker()
+    assert set(answers) == workers
+    for answer in answers.values():
+        assert answer["holder"]["pid"] == primary
         assert answer["role"] == ("primary" if answer["pid"] == primary else "standby")
         assert answer["backend"] == BACKEND
         assert answer["lock_error"] is None
@@ -103,3 +105,20 @@ def test_sigterm_stops_cleanly_and_releases_the_lock(
     # Stopping standbys do not take the lock on their way out: one handover-free shutdown.
     assert [primary for _, primary in server.events].count(True) == 1
     server.assert_never_two_primaries()
+
+
+def test_gunicorn_conf_py_starts_the_service_with_its_workers(lock_env: dict[str, str]) -> None:
+    """The shipped gunicorn.conf.py, as the README runs it (settings from BIND and WORKERS)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", f"{PACKAGE}.api:app"]
+    env = service_env(lock_env, BIND=f"127.0.0.1:{port}", WORKERS="3")
+    server = Server(argv, env, port, workers=3)
+    try:
+        workers = server.wait_until_started()
+        primary = server.wait_for_primary()
+        assert len(workers) == 3 and primary in workers
+        assert server.stop() == 0
+        assert current_holder(lock_env) is None
+        server.assert_never_two_primaries()
+    finally:
+        server.stop()

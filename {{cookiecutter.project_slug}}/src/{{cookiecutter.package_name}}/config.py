@@ -23,11 +23,14 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator{% if cookiecutter.lock_backend == "redis" %}, model_validator{% endif %}
 from pydantic_settings import BaseSettings, SettingsConfigDict
 {%- if cookiecutter.lock_backend == "redis" %}
+from redis.asyncio.connection import parse_url
 
 from .redaction import url_secrets
 {%- endif %}
 
 LOCK_PATH_EXAMPLE = f"/tmp/{__name__.partition('.')[0]}/primary.lock"
+MAX_LOCK_TTL_SECONDS = 300
+"""The longest lease a holder may have (LOCK_TTL_SECONDS): no takeover wait is ever longer."""
 SECRET_SETTINGS = {"REDIS_URL", "SMTP_PASSWORD"}
 """Settings whose value may hold a password: never repeated in an error message."""
 
@@ -61,7 +64,7 @@ class Settings(BaseSettings):
     """The Redis shared by every worker of every instance; may carry a password; rediss:// for TLS."""
     lock_key_prefix: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1)
     """Prefix of the service's Redis keys, so that several services can share one Redis."""
-    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=300)
+    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=MAX_LOCK_TTL_SECONDS)
     """Lifetime of the primary's lease: a crashed primary is replaced within this plus the retry."""
 {%- endif %}
     lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
@@ -150,11 +153,13 @@ class Settings(BaseSettings):
         try:
             valid = parts.scheme == "unix" or (parts.scheme in ("redis", "rediss") and parts.hostname)
             parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+            parse_url(url)  # what redis-py will make of it, query parameters included
         except ValueError:
             valid = False
         if not valid:
             raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL, e.g. redis://:password@redis:6379/0"
+                "must be a redis://, rediss:// or unix:// URL that redis-py accepts, "
+                "e.g. redis://:password@redis:6379/0"
             )
         return url
 

@@ -34,10 +34,17 @@ def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
 
 
 def mask_url(url: str) -> str:
-    """The URL with every password replaced by ``***``, fit for logs and endpoints."""
+    """The URL with every password replaced by ``***``, fit for logs and endpoints.
+
+    A user part without a colon (``redis://secret@host``) is masked whole: some write the password
+    there, and some clients read it as one.
+    """
     parts = urlsplit(url)
     user, password, host = _split_userinfo(parts.netloc)
-    netloc = parts.netloc if password is None else f"{user}:{MASK}@{host}"
+    if user is None:
+        netloc = parts.netloc
+    else:
+        netloc = f"{MASK}@{host}" if password is None else f"{user}:{MASK}@{host}"
     query = "&".join(
         f"{key}={MASK}" if SECRET_QUERY_KEY.search(unquote(key)) else f"{key}{sep}{value}"
         for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
@@ -48,8 +55,8 @@ def mask_url(url: str) -> str:
 def url_secrets(url: str) -> list[str]:
     """The secrets a URL carries, as written and percent-decoded (both forms may end up in text)."""
     parts = urlsplit(url)
-    _, password, _ = _split_userinfo(parts.netloc)
-    found = [password] if password else []
+    user, password, _ = _split_userinfo(parts.netloc)
+    found = [secret for secret in (password if password is not None else user,) if secret]
     for key, _, value in (item.partition("=") for item in parts.query.split("&") if item):
         if SECRET_QUERY_KEY.search(unquote(key)) and value:
             found.append(value)

@@ -5,12 +5,11 @@ Start with ``election.py`` (the loop every worker runs), then the lock it campai
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from ..config import Settings, load_settings
 from .base import Holder, LockError, PrimaryLock
-from .election import Election, SingletonService
+from .election import Election, SingletonService, hold_through_takeover
 {%- if cookiecutter.lock_backend == "file" %}
 from .file_lock import FileLock, demo_scope
 {%- elif cookiecutter.lock_backend == "redis" %}
@@ -55,8 +54,9 @@ async def is_primary_worker(settings: Settings | None = None) -> tuple[bool, Pri
     """
     lock = make_lock(settings or load_settings())
     try:
-        if await lock.try_acquire():
-            await asyncio.sleep(lock.takeover_delay())  # see PrimaryLock.takeover_delay (usually 0)
+        # Renewed through the takeover wait (see PrimaryLock.takeover_delay; usually none), so that
+        # the answer is still true when it is given.
+        if await lock.try_acquire() and await hold_through_takeover(lock):
             return True, lock
     except LockError as exc:
         logger.error("Primary lock unavailable, answering not primary: %s", exc)

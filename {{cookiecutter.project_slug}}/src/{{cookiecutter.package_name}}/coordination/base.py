@@ -10,7 +10,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 class LockError(Exception):
@@ -53,6 +53,11 @@ class Holder:
         return text
 
 
+Claim = Literal["claimed", "done", "fenced"]
+"""What a claim in the run ledger found: ours to do now; done already; or not ours, because this
+worker is no longer the primary (or a newer primary has claimed it)."""
+
+
 class RunLedger(Protocol):
     """Which one-off runs (a report period) are done, shared by every primary of the lock scope.
 
@@ -60,10 +65,11 @@ class RunLedger(Protocol):
     again, and a period is claimed at most once per epoch.
     """
 
-    async def claim(self, run_id: str) -> bool:
-        """May this primary do ``run_id`` now? True if nobody did it yet (or a previous primary
-        claimed it and died before finishing: then it is done again, which is why a report's
-        Message-ID is derived from its period). False if it is done, in progress, or we are deposed."""
+    async def claim(self, run_id: str) -> Claim:
+        """May this primary do ``run_id`` now? "claimed" if nobody did it yet, or a previous primary
+        claimed it and died before finishing (then it is done again, which is why a report's
+        Message-ID is derived from its period), or this primary claimed it before and could not
+        finish; "done" if it is done; "fenced" if this worker is not the primary any more."""
 
     async def finish(self, run_id: str) -> None:
         """Record that ``run_id`` is done: nobody will claim it again."""
@@ -73,6 +79,10 @@ class RunLedger(Protocol):
 
     async def latest_finished(self, prefix: str) -> str | None:
         """The greatest finished run id starting with ``prefix`` (run ids sort by time)."""
+
+    async def created_at(self) -> float:
+        """When the ledger was created (Unix time): it knows nothing of the runs before. A ledger
+        lost and created anew (deleted, or in a Redis that lost its data) is younger than its runs."""
 
 
 class PrimaryLock(Protocol):

@@ -47,7 +47,11 @@ def _compete(index: int, settings: Settings, reports: Queue[Report]) -> None:
 
 
 def run_demo(settings: Settings, workers: int) -> int:
-    return asyncio.run(_run_demo(settings, workers))
+    try:
+        return asyncio.run(_run_demo(settings, workers))
+    except (OSError, LockError) as exc:
+        print(f"FAILED: the demo cannot set up a lock scope of its own: {exc}")
+        return 1
 
 
 async def _run_demo(settings: Settings, workers: int) -> int:

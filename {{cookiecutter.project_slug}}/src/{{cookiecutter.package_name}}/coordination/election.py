@@ -136,6 +136,8 @@ class Election:
 
     async def _campaign(self) -> None:
         while not (self._retiring and self.primary_since is None):
+            if self._failures:  # the last attempt (maybe the one in start()) failed: back off first
+                await asyncio.sleep(self._retry_delay())
             try:
                 if self.primary_since is None:
                     if not self.lock.is_held() and not await self.lock.try_acquire():
@@ -156,17 +158,9 @@ class Election:
                 logger.exception("Unexpected error in the primary election; retrying")
             if self.primary_since is not None:
                 await self._demote()
-            if self._failures:
-                await asyncio.sleep(self._retry_delay())
 
     async def _wait_for_takeover(self) -> bool:
-        """Hold (renew) a newly won lock for its takeover delay; False if it was lost meanwhile."""
-        delay = self.lock.takeover_delay()  # the lock logs why it waits
-        if delay > 0:
-            with suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.lock.hold()  # returns early only if the lock is lost
-        return self.lock.is_held()
+        return await hold_through_takeover(self.lock)
 
     def _promote(self, *, announce: bool) -> None:
         self.primary_since = datetime.now(UTC)
@@ -219,3 +213,13 @@ class Election:
 
     def _retry_delay(self) -> float:
         return min(self.retry_seconds * 2.0 ** min(self._failures - 1, 10), MAX_RETRY_SECONDS)
+
+
+async def hold_through_takeover(lock: PrimaryLock) -> bool:
+    """Hold (renew) a newly won lock for its takeover delay; False if it was lost meanwhile."""
+    delay = lock.takeover_delay()  # the lock logs why it waits
+    if delay > 0:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await lock.hold()  # returns early only if the lock is lost
+    return lock.is_held()

@@ -38,13 +38,16 @@ import sqlite3
 import stat
 import tempfile
 import threading
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, closing, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import LOCK_PATH_EXAMPLE, Settings
-from .base import Holder, LockError
+from .base import Claim, Holder, LockError
+from .process import boot_id, is_running, pid_namespace
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,8 +56,37 @@ VERIFY_INTERVAL_SECONDS = 1.0
 """How often the primary checks that the lock file at LOCK_PATH is still the one it holds."""
 MAX_LOCK_FILE_BYTES = 4096
 """A lock file of this service is a few short lines; anything longer is some other file."""
+ALTERNATIVE_EXAMPLE = f"/run/{__name__.partition('.')[0]}/primary.lock"
+"""Suggested when the default directory is the one taken (with systemd: RuntimeDirectory=)."""
+MAX_EPOCH = 2**62
+"""Epochs above this are not ours (a tampered file): SQLite's integers end at 2**63 - 1."""
 UNNAMED_HOLDER_PATIENCE_SECONDS = 0.5
 """How long ``read_holder`` waits for a new holder to write its details before calling it nameless."""
+
+# Every descriptor this module opens on a lock file, and every lock object. A child forked without
+# exec (a process pool under gunicorn, say) inherits the descriptors, and with them the kernel lock:
+# it would keep the lock after the primary died, and nobody could take over. So the child closes
+# them first thing, and its copies of the lock objects forget they held anything.
+_LOCK_DESCRIPTORS: set[int] = set()
+_LOCKS: weakref.WeakSet[FileLock] = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:
+    for fd in _LOCK_DESCRIPTORS:
+        with suppress(OSError):
+            os.close(fd)
+    _LOCK_DESCRIPTORS.clear()
+    for lock in list(_LOCKS):
+        lock._fd, lock._holder = None, None
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+def _close(fd: int) -> None:
+    """Close a descriptor of a lock file (dropping any lock it holds)."""
+    _LOCK_DESCRIPTORS.discard(fd)
+    os.close(fd)
 
 
 class FileLock:
@@ -68,28 +100,29 @@ class FileLock:
         self.epoch = 0
         self._fd: int | None = None
         self._holder: Holder | None = None
+        _LOCKS.add(self)
 
     async def try_acquire(self) -> bool:
         fd = self._open()
         with _closed_on_failure(fd, self.path):
             locked = self._flock_nowait(fd)
         if not locked:
-            os.close(fd)
+            _close(fd)
             return False
-        return self._take(fd)
+        return await self._take(fd)
 
     async def acquire(self) -> None:
         while True:
             fd = self._open()
-            await _flock_in_thread(fd)  # closes fd itself if waiting fails or is cancelled
-            if self._take(fd):
+            await _flock_in_thread(fd, self.path)  # closes fd itself if waiting fails or is cancelled
+            if await self._take(fd):
                 return
 
     async def hold(self) -> None:
         while self._fd is not None:
             await asyncio.sleep(VERIFY_INTERVAL_SECONDS)
             if not self.verify():
-                self._relock_after_tampering()
+                await self._relock_after_tampering()
 
     def is_held(self) -> bool:
         return self._fd is not None
@@ -112,26 +145,29 @@ class FileLock:
     async def release(self) -> None:
         if self._fd is not None:
             fd, self._fd, self._holder = self._fd, None, None
-            os.close(fd)  # closing the descriptor drops the flock; the file itself stays
+            _close(fd)  # closing the descriptor drops the flock; the file itself stays
 
     async def read_holder(self) -> Holder | None:
         if self._holder is not None:
             return self._holder
+        check_trusted_directory(self.path.parent, purpose=f"the lock file {self.path}")
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise LockError(f"cannot read the lock file {self.path}: {exc.strerror}") from exc
+        _LOCK_DESCRIPTORS.add(fd)  # a fork while it holds the shared lock must not keep it
         try:
             waited = 0.0
             while True:
                 # A shared lock is granted only while nobody holds the exclusive one. The probe is
-                # dropped by os.close() below and never delays a waiting worker by more than that.
+                # dropped by closing fd below and never delays a waiting worker by more than that.
                 if self._flock_nowait(fd, shared=True):
                     return None
-                holder = parse_lock_file(os.pread(fd, MAX_LOCK_FILE_BYTES, 0).decode(errors="replace"))
-                if holder is not None:
+                text = os.pread(fd, MAX_LOCK_FILE_BYTES, 0).decode(errors="replace")
+                if (holder := parse_lock_file(text)) is not None:
+                    self._check_holder_runs(holder, text)
                     return holder
                 if waited >= UNNAMED_HOLDER_PATIENCE_SECONDS:  # not a holder that is still writing
                     raise LockError(
@@ -142,7 +178,7 @@ class FileLock:
                 await asyncio.sleep(0.05)
                 waited += 0.05
         finally:
-            os.close(fd)
+            _close(fd)
 
     async def close(self) -> None:
         await self.release()
@@ -152,7 +188,9 @@ class FileLock:
     def _open(self) -> int:
         """Open (creating if needed) the lock file in its private directory; errors say how to fix."""
         ensure_private_directory(self.path.parent, purpose=f"the lock file {self.path}")
-        return open_private_file(self.path, what="lock file")
+        fd = open_private_file(self.path, what="lock file")
+        _LOCK_DESCRIPTORS.add(fd)
+        return fd
 
     def _flock_nowait(self, fd: int, *, shared: bool = False) -> bool:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
@@ -176,16 +214,32 @@ class FileLock:
         ours = os.fstat(fd)
         return (at_path.st_dev, at_path.st_ino) == (ours.st_dev, ours.st_ino)
 
-    def _take(self, fd: int) -> bool:
+    def _check_holder_runs(self, holder: Holder, text: str) -> None:
+        """A lock held in the name of a process that provably does not run means that a process it
+        started holds the lock (forked without closing it): say so, rather than name the dead one."""
+        fields = lock_file_fields(text)
+        here = fields.get("boot") == boot_id() != "" and fields.get("pidns") == pid_namespace() != ""
+        if here and not is_running(holder.pid):
+            raise LockError(
+                f"the lock file {self.path} names pid {holder.pid} as the primary, which is not "
+                f"running, yet the lock is held: a process it started still holds it; find it "
+                f"with `fuser -v {self.path}` and stop it"
+            )
+
+    async def _take(self, fd: int) -> bool:
         """Adopt a freshly locked descriptor as the primary lock (closing it if that fails).
 
         False if the file is no longer at the path (deleted or replaced meanwhile: worthless);
         LockError if it is not a lock file of this service, or if the holder's details cannot be
         written (a full disk): the kernel lock is dropped with the descriptor in both cases.
+
+        The epoch continues from the lock file's. A lock file without one (the first start, or one
+        replaced by hand) continues from the highest epoch in the run ledger, so that a successor
+        still outranks the claims of a holder deposed by the replacement.
         """
         with _closed_on_failure(fd, self.path):
             if not self._names_locked_file(fd):
-                os.close(fd)
+                _close(fd)
                 return False
             size = os.fstat(fd).st_size
             text = os.pread(fd, MAX_LOCK_FILE_BYTES, 0).decode(errors="replace")
@@ -195,9 +249,13 @@ class FileLock:
                     f"LOCK_PATH {self.path} names a file that is not a lock file of this service "
                     "(it is left untouched); set LOCK_PATH to a new file, e.g. in a directory of its own"
                 )
-            epoch = max(self.epoch, previous.epoch if previous else 0) + 1
+            latest = previous.epoch if previous else await self.run_ledger().highest_epoch()
+            epoch = max(self.epoch, latest) + 1
             holder = Holder.me(epoch)
-            content = f"{holder.pid}\nhost={holder.host}\nsince={holder.since}\nepoch={epoch}\n".encode()
+            content = (
+                f"{holder.pid}\nhost={holder.host}\nsince={holder.since}\nepoch={epoch}\n"
+                f"boot={boot_id()}\npidns={pid_namespace()}\n"
+            ).encode()
             try:
                 # Overwrite, then cut: the file never looks empty to a reader, only old or new.
                 os.pwrite(fd, content, 0)
@@ -210,22 +268,28 @@ class FileLock:
         self.epoch, self._holder, self._fd = epoch, holder, fd
         return True
 
-    def _relock_after_tampering(self) -> None:
+    async def _relock_after_tampering(self) -> None:
         """The lock file was deleted or replaced: lock the file now at the path, or give up the lock."""
         old_fd, self._fd, self._holder = self._fd, None, None
-        logger.warning("Lock file %s was deleted or replaced by hand; re-locking it", self.path)
+        try:
+            os.stat(self.path, follow_symlinks=False)
+            logger.warning("Lock file %s was deleted or replaced by hand; re-locking it", self.path)
+        except FileNotFoundError:
+            logger.warning("Lock file %s was deleted by hand; locking a new one", self.path)
+        except OSError as exc:
+            logger.warning("Cannot check the lock file %s (%s); stepping down", self.path, exc.strerror)
         try:
             fd = self._open()
             with _closed_on_failure(fd, self.path):
                 locked = self._flock_nowait(fd)
             if not locked:
-                os.close(fd)
+                _close(fd)
                 logger.warning("Another worker holds the new lock file %s; stepping down", self.path)
-            elif not self._take(fd):
+            elif not await self._take(fd):
                 logger.warning("Lock file %s changed again while re-locking; stepping down", self.path)
         finally:
             if old_fd is not None:
-                os.close(old_fd)
+                _close(old_fd)
 
 
 class FileRunLedger:
@@ -241,11 +305,11 @@ class FileRunLedger:
 
     def __init__(self, lock: FileLock) -> None:
         self.lock = lock
-        self.path = lock.path.with_name(f"{lock.path.stem}.runs.sqlite3")
+        self.path = lock.path.with_name(f"{lock.path.name}.runs.sqlite3")
 
-    async def claim(self, run_id: str) -> bool:
+    async def claim(self, run_id: str) -> Claim:
         if not self.lock.verify():
-            return False  # fenced: only the holder of the file now at LOCK_PATH may claim
+            return "fenced"  # only the holder of the file now at LOCK_PATH may claim
         return await asyncio.to_thread(self._transaction, self._claim, run_id, self.lock.epoch)
 
     async def finish(self, run_id: str) -> None:
@@ -255,19 +319,38 @@ class FileRunLedger:
         sql = "DELETE FROM runs WHERE run_id = ? AND state = 'claimed' AND epoch = ?"
         await asyncio.to_thread(self._transaction, lambda db: db.execute(sql, (run_id, self.lock.epoch)))
 
+    async def highest_epoch(self) -> int:
+        """The highest epoch of any claim, or 0 (also when the ledger cannot be read: it then fails
+        loudly at the first claim)."""
+        sql = "SELECT coalesce(max(epoch), 0) FROM runs"
+        try:
+            row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql).fetchone())
+        except LockError:
+            return 0
+        return int(row[0])
+
     async def latest_finished(self, prefix: str) -> str | None:
         sql = "SELECT max(run_id) FROM runs WHERE state = 'done' AND run_id LIKE ? || '%'"
         row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql, (prefix,)).fetchone())
         return row[0] if row else None
 
+    async def created_at(self) -> float:
+        """When this ledger was created (a Unix time): it knows nothing of what happened before."""
+        sql = "SELECT value FROM meta WHERE key = 'created'"
+        row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql).fetchone())
+        return float(row[0])
+
     @staticmethod
-    def _claim(db: sqlite3.Connection, run_id: str, epoch: int) -> bool:
+    def _claim(db: sqlite3.Connection, run_id: str, epoch: int) -> Claim:
         row = db.execute("SELECT state, epoch FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is not None and (row[0] == "done" or row[1] >= epoch):
-            return False  # done, or in progress under this or a newer epoch
-        # New, or claimed by an earlier primary that died before finishing: (re)do it.
+        if row is not None and row[0] == "done":
+            return "done"
+        if row is not None and row[1] > epoch:
+            return "fenced"  # claimed by a newer primary: this one is deposed
+        # New; or claimed by an earlier primary that died before finishing; or by this primary,
+        # which could not finish it (a failure whose give-back failed too): (re)do it.
         db.execute("INSERT OR REPLACE INTO runs VALUES (?, 'claimed', ?, datetime('now'))", (run_id, epoch))
-        return True
+        return "claimed"
 
     def _set_done(self, db: sqlite3.Connection, run_id: str, epoch: int) -> None:
         db.execute("INSERT OR REPLACE INTO runs VALUES (?, 'done', ?, datetime('now'))", (run_id, epoch))
@@ -278,46 +361,87 @@ class FileRunLedger:
         os.close(open_private_file(self.path, what="run ledger"))  # create it 0600, or refuse it
         try:
             with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
-                    " epoch INTEGER NOT NULL, updated TEXT NOT NULL)"
-                )
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+                        " epoch INTEGER NOT NULL, updated TEXT NOT NULL)"
+                    )
+                    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
                     result = work(db, *args)
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
                 return result
-        except sqlite3.Error as exc:
-            raise LockError(f"the run ledger {self.path} cannot be used: {exc}") from exc
+        except (sqlite3.Error, OverflowError) as exc:
+            hint = ""
+            if "unable to open" in str(exc) or "disk I/O" in str(exc):
+                hint = f"; check that {self.path.parent} is writable and has free space and inodes"
+            raise LockError(f"the run ledger {self.path} cannot be used: {exc}{hint}") from exc
+
+
+def check_trusted_directory(directory: Path, *, purpose: str) -> None:
+    """Refuse ``directory`` unless only this service (or root) can change what it contains.
+
+    The directory itself must be a real directory of the service's user or root that nobody else
+    can write. Every directory above it (and any symbolic link on the way) must belong to root or the
+    service's user and be writable by nobody else, or be root's and sticky like ``/tmp``: otherwise
+    another account could rename the service's directory away and put its own in its place.
+    """
+    uid, problem = os.geteuid(), _ancestor_problem(directory)
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        info = None  # nothing there yet: nobody can have planted anything in it
+    except OSError as exc:
+        raise LockError(f"cannot check the directory {directory} of {purpose}: {exc.strerror}") from exc
+    if problem is None and info is not None:
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            problem = f"{directory} is a symbolic link or not a directory"
+        elif info.st_uid not in (uid, 0):
+            problem = f"{directory} belongs to uid {info.st_uid}, not to this service's uid {uid} (or root)"
+        elif info.st_mode & 0o022:
+            problem = f"{directory} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        example = ALTERNATIVE_EXAMPLE if directory == Path(LOCK_PATH_EXAMPLE).parent else LOCK_PATH_EXAMPLE
+        raise LockError(
+            f"the directory of {purpose} is not the service's own: {problem}, so another account could "
+            f"plant or hold the files the service keeps there; set LOCK_PATH to a file in a directory "
+            f"of the service's own, e.g. {example} (created with mode 0700 when missing)"
+        )
+
+
+def _ancestor_problem(directory: Path) -> str | None:
+    """What is wrong with the directories above ``directory`` (as written and as resolved), if anything."""
+    uid = os.geteuid()
+    resolved = Path(os.path.realpath(directory.parent))
+    for ancestor in dict.fromkeys([*directory.parents, resolved, *resolved.parents]):
+        try:
+            info = os.lstat(ancestor)
+        except OSError:
+            continue  # not there (yet), or not visible: creating or opening below reports it
+        sticky_of_root = info.st_uid == 0 and info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (uid, 0):
+            return f"{ancestor}, above it, belongs to uid {info.st_uid}"
+        if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not sticky_of_root:
+            return f"{ancestor}, above it, is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
 
 
 def ensure_private_directory(directory: Path, *, purpose: str) -> None:
     """Create ``directory`` (mode 0700) if missing, and refuse it unless only this service can write it."""
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(directory)
-    except OSError as exc:
-        raise LockError(
-            f"cannot create the directory {directory} for {purpose}: {exc.strerror}; make its parent "
-            f"writable for uid {os.geteuid()}, or set LOCK_PATH to a writable location"
-        ) from exc
-    uid, example = os.geteuid(), LOCK_PATH_EXAMPLE
-    problem = None
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        problem = "is a symbolic link or not a directory"
-    elif info.st_uid not in (uid, 0):
-        problem = f"belongs to uid {info.st_uid}, not to this service's uid {uid} (or root)"
-    elif info.st_mode & 0o022:
-        problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
-    if problem:
-        raise LockError(
-            f"the directory {directory} of {purpose} {problem}, so another account could plant or hold "
-            f"the files the service keeps there; set LOCK_PATH to a file in a directory of the service's "
-            f"own, e.g. {example} (created with mode 0700 when missing)"
-        )
+    if _ancestor_problem(directory) is None:  # never create anything in a tree others control
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LockError(
+                f"cannot create the directory {directory} for {purpose}: {exc.strerror}; make its parent "
+                f"writable for uid {os.geteuid()}, or set LOCK_PATH to a writable location"
+            ) from exc
+    check_trusted_directory(directory, purpose=purpose)
 
 
 def open_private_file(path: Path, *, what: str) -> int:
@@ -330,8 +454,12 @@ def open_private_file(path: Path, *, what: str) -> int:
                 f"the {what} {path} is a symbolic link, which is refused because it could point "
                 "anywhere; remove the link, or set LOCK_PATH to another path"
             ) from exc
+        owner = ""
+        with suppress(OSError):
+            if exc.errno in (errno.EACCES, errno.EPERM) and (uid := os.lstat(path).st_uid) != os.geteuid():
+                owner = f" (it belongs to uid {uid}: remove it, the service creates its own)"
         raise LockError(
-            f"cannot open the {what} {path}: {exc.strerror}; make {path.parent} writable for uid "
+            f"cannot open the {what} {path}: {exc.strerror}{owner}; make {path.parent} writable for uid "
             f"{os.geteuid()}, or set LOCK_PATH to a writable location"
         ) from exc
     with _closed_on_failure(fd, path):
@@ -362,35 +490,40 @@ def _closed_on_failure(fd: int, path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        os.close(fd)
+        _close(fd)
         raise LockError(f"cannot use {path}: {exc.strerror}; check the file and its file system") from exc
     except BaseException:
-        os.close(fd)
+        _close(fd)
         raise
 
 
-def parse_lock_file(text: str) -> Holder | None:
-    """Read the holder written by ``FileLock._take``; None for an empty or foreign file.
-
-    The first occurrence of each field counts: while a new holder overwrites a longer old content,
-    the tail of the old one may still follow for an instant.
-    """
-    first, _, rest = text.partition("\n")
-    if not first.strip().isdigit():
-        return None
+def lock_file_fields(text: str) -> dict[str, str]:
+    """The ``key=value`` lines of a lock file; the first occurrence of a key counts (while a new
+    holder overwrites a longer old content, the tail of the old one may follow for an instant)."""
     fields: dict[str, str] = {}
-    for line in rest.splitlines():
+    for line in text.split("\n")[1:]:
         key, sep, value = line.partition("=")
         if sep:
             fields.setdefault(key, value)
+    return fields
+
+
+def parse_lock_file(text: str) -> Holder | None:
+    """Read the holder written by ``FileLock._take``; None for an empty or foreign file."""
+    first = text.partition("\n")[0].strip()
+    fields = lock_file_fields(text)
     epoch = fields.get("epoch", "")
-    if not epoch.isdigit():
+    if not (_is_number(first) and _is_number(epoch) and int(epoch) <= MAX_EPOCH):
         return None
     host, since = fields.get("host", ""), fields.get("since", "")
     return Holder(pid=int(first), host=host, since=since, epoch=int(epoch))
 
 
-async def _flock_in_thread(fd: int) -> None:
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 19  # "²".isdigit() is True, too
+
+
+async def _flock_in_thread(fd: int, path: Path) -> None:
     """Wait for the exclusive lock on ``fd`` in a thread, without polling.
 
     A thread blocked in flock() cannot be interrupted, so when the waiting task is cancelled (the
@@ -408,7 +541,12 @@ async def _flock_in_thread(fd: int) -> None:
             if error is None:
                 locked.set_result(None)
             else:
-                locked.set_exception(LockError(f"flock() failed while waiting: {error.strerror}"))
+                locked.set_exception(
+                    LockError(
+                        f"flock() failed on {path} while waiting: {error.strerror}; put LOCK_PATH on "
+                        "a local file system that supports file locks"
+                    )
+                )
 
     def wait() -> None:
         error = None
@@ -424,7 +562,7 @@ async def _flock_in_thread(fd: int) -> None:
                     return
                 except RuntimeError:  # the event loop is already closed
                     pass
-            os.close(fd)
+            _close(fd)
 
     threading.Thread(target=wait, name="primary-lock-wait", daemon=True).start()
     try:
@@ -433,7 +571,7 @@ async def _flock_in_thread(fd: int) -> None:
         with guard:
             state["abandoned"] = True
             if state["finished"]:
-                os.close(fd)
+                _close(fd)
         raise
 
 

@@ -4,33 +4,39 @@ Keys, all under ``LOCK_KEY_PREFIX`` (``<prefix>`` below):
 
 * ``<prefix>:primary``, the lease: a token unique to the holder (pid, host, random part), set with
   ``SET NX PX`` and renewed while the holder lives.
-* ``<prefix>:holder``, the holder record: who holds the lease, its epoch, its lease length and when
-  its lease runs out if it is not renewed. Unlike the lease, it outlives the holder.
-* ``<prefix>:epoch``, a counter incremented by every acquisition: the fencing token.
+* ``<prefix>:holder``, the holder record: who holds the lease, its epoch, its lease length, until
+  when its lease runs if it is not renewed, and from when it may run singleton work. Unlike the
+  lease, it outlives the holder.
+* ``<prefix>:epoch``, the number of the latest acquisition: the fencing token.
 
-Each step is one small Lua script, so that it is atomic: taking the lease, bumping the epoch and
+Each step is one small Lua script, so that it is atomic: taking the lease, numbering the epoch and
 writing the record happen together; a renewal extends the lease and moves the record's expiry
 together; a release deletes the lease only if it still holds our token, marks the record released
 and tells the standbys (``PUBLISH <prefix>:released``). redis-py's ``Lock`` does the first half of
-each of these, but cannot keep a record in step with the lease, which the takeover rule needs.
+each of these, but cannot keep a record in step with the lease, which the takeover rule needs. The
+scripts repair what they find broken (a key of the wrong type, an epoch that is no number, a lease
+without an expiry) instead of failing on it for ever, and say so.
 
 Rules that keep it to exactly one primary:
 
 * **Leases expire.** A primary that dies stops renewing; its lease expires after ``LOCK_TTL_SECONDS``
   and a standby takes it at its next attempt (every ``LOCK_RETRY_SECONDS``).
-* **The primary demotes itself before its lease can expire.** It renews every ttl/3 and counts its
-  lease as lost once its last successful renewal is older than ttl minus a safety margin, measured
-  on its own monotonic clock from *before* the renewal was sent. A primary cut off from Redis, or
-  paused (SIGSTOP, a frozen VM) and then resumed, stops its singleton work before anyone else could
-  take over.
-* **A new holder waits out any lease a previous holder may still believe in.** A lease can vanish
-  early under a live holder: deleted by hand, flushed, evicted, or lost by a Redis restart. The
-  holder record says until when the previous lease ran, in Redis's own clock, so the new holder
-  keeps the lease but starts no singleton work before then. Without any record (a fresh Redis, or
-  one that lost everything) it waits the longest lease it knows of: its own, or any longer one it
-  has seen in a record while it was a standby (instances with different ``LOCK_TTL_SECONDS``).
-  After a graceful release, or a lease that simply expired, there is nothing to wait for.
-* **Every acquisition gets a new epoch**, and writes that must never come from a deposed primary
+* **The primary demotes itself before its lease can expire.** It counts its lease as lost once its
+  last successful renewal is older than ttl minus a safety margin, measured on its own monotonic
+  clock from *before* the renewal was sent, and no renewal may run past that deadline. A primary cut
+  off from Redis, or paused (SIGSTOP, a frozen VM) and then resumed, stops its singleton work before
+  anyone else could take over.
+* **The primary renews often**: every ttl/3, but at least every half second, so that when Redis
+  loses the lease (deleted, flushed, evicted, restarted empty) the primary notices within half a
+  second, sooner than any new holder may start (see the next rule) unless it is cut off from Redis.
+* **A new holder waits out any lease a previous holder may still believe in.** The record says until
+  when the previous lease ran, and from when the previous holder itself was allowed to start, both
+  in Redis's own clock, so the new holder keeps the lease but starts no singleton work before then
+  (a holder that dies or stops while it waits passes that wait on). Without any record (a fresh
+  Redis, or one that lost its data) it waits the longest lease it knows of: its own, or any longer
+  one it has seen in a record while it was a standby. After a graceful release, or a lease that
+  simply expired, there is nothing to wait for.
+* **Every acquisition gets a higher epoch**, and writes that must never come from a deposed primary
   (the run ledger) are accepted only together with the current epoch and lease token.
 """
 
@@ -49,69 +55,115 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..config import Settings
+from ..config import MAX_LOCK_TTL_SECONDS, Settings
 from ..redaction import mask_url
-from .base import Holder, LockError
+from .base import Claim, Holder, LockError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ACQUIRE = """
--- KEYS: lease, epoch, holder. ARGV: token, ttl_ms, pid, host, since, wait_ms_without_record
+MAX_RENEW_INTERVAL_SECONDS = 0.5
+"""The primary renews at least this often, whatever its ttl (see the module's docstring)."""
+
+# Shared by the scripts: the time in Redis's clock (ms), and a holder record that can be read (a key
+# of another type, written by hand, counts as no record and is replaced).
+PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function record_field(key, field)
+  if redis.call('TYPE', key).ok ~= 'hash' then return nil end
+  return redis.call('HGET', key, field)
+end
+"""
+
+ACQUIRE = (
+    PRELUDE
+    + """
+-- KEYS: lease, epoch, holder.
+-- ARGV: token, ttl_ms, pid, host, since, wait_ms_without_record, longest_possible_wait_ms
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, redis.call('HGET', KEYS[3], 'ttl_ms') or ''}
+  if redis.call('PTTL', KEYS[1]) == -1 then  -- a lease without expiry would block everyone for ever
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {0, '', 'lease-without-expiry'}
+  end
+  return {0, record_field(KEYS[3], 'ttl_ms') or '', ''}
 end
-local state = redis.call('HGET', KEYS[3], 'state')
-local expires = tonumber(redis.call('HGET', KEYS[3], 'expires_ms') or '')
-local wait, why = tonumber(ARGV[6]), 'unknown'
-if state == 'released' then
-  wait, why = 0, 'released'
+local wait, why, note = tonumber(ARGV[6]), 'unknown', ''
+local state = record_field(KEYS[3], 'state')
+local expires = tonumber(record_field(KEYS[3], 'expires_ms') or '')
+local active = tonumber(record_field(KEYS[3], 'active_ms') or '') or 0
+if state == 'released' then  -- gracefully, but maybe while it was still waiting out another lease
+  wait, why = math.max(0, active - now), 'inherited'
 elseif state and expires then
-  wait, why = math.max(0, expires - now), 'vanished'
-  if wait == 0 then why = 'expired' end
+  wait, why = math.max(0, expires - now, active - now), 'vanished'
 end
-local epoch = redis.call('INCR', KEYS[2])
+if wait == 0 then why = 'none' end
+wait = math.min(wait, tonumber(ARGV[7]))  -- a record edited by hand cannot make anyone wait for ever
+local epoch_type = redis.call('TYPE', KEYS[2]).ok
+local stored = nil
+if epoch_type == 'string' then stored = tonumber(redis.call('GET', KEYS[2])) end
+if epoch_type ~= 'none' and not stored then note = 'epoch-repaired' end
+local epoch = math.max(stored or 0, tonumber(record_field(KEYS[3], 'epoch') or '') or 0) + 1
+redis.call('SET', KEYS[2], epoch)
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'token', ARGV[1], 'epoch', epoch, 'pid', ARGV[3], 'host', ARGV[4],
   'since', ARGV[5], 'ttl_ms', ARGV[2], 'expires_ms', now + tonumber(ARGV[2]),
   'active_ms', now + wait, 'state', 'held')
-return {1, epoch, wait, why}
+return {1, epoch, wait, why, note}
 """
+)
 
-RENEW = """
--- KEYS: lease, holder. ARGV: token, ttl_ms, pid, host, since, epoch
+RENEW = (
+    PRELUDE
+    + """
+-- KEYS: lease, holder, epoch. ARGV: token, ttl_ms, pid, host, since, epoch
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local epoch = tonumber(ARGV[6])
+local stored = nil
+if redis.call('TYPE', KEYS[3]).ok == 'string' then stored = tonumber(redis.call('GET', KEYS[3])) end
+if stored and stored > epoch then return 0 end  -- somebody acquired after us: not ours any more
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local clock = redis.call('TIME')
-local expires = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + tonumber(ARGV[2])
-if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then
+if stored ~= epoch then redis.call('SET', KEYS[3], epoch) end  -- deleted or garbled: ours again
+local expires = now + tonumber(ARGV[2])
+if record_field(KEYS[2], 'token') == ARGV[1] then
   redis.call('HSET', KEYS[2], 'expires_ms', expires)
 else  -- the record was deleted or overwritten by hand: write it again
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'token', ARGV[1], 'epoch', ARGV[6], 'pid', ARGV[3], 'host', ARGV[4],
+  redis.call('HSET', KEYS[2], 'token', ARGV[1], 'epoch', epoch, 'pid', ARGV[3], 'host', ARGV[4],
     'since', ARGV[5], 'ttl_ms', ARGV[2], 'expires_ms', expires, 'active_ms', 0, 'state', 'held')
 end
 return 1
 """
+)
 
-RELEASE = """
+RELEASE = (
+    PRELUDE
+    + """
 -- KEYS: lease, holder. ARGV: token, channel
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-if redis.call('HGET', KEYS[2], 'token') == ARGV[1] then
-  redis.call('HSET', KEYS[2], 'state', 'released')
+if record_field(KEYS[2], 'token') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'state', 'released')  -- active_ms stays: a wait it had not finished
 end
 redis.call('PUBLISH', ARGV[2], ARGV[1])
 return 1
 """
+)
 
 WHY_WAIT = {
     "vanished": "the previous holder's lease vanished before it expired (deleted, evicted, or lost "
-    "by a Redis restart)",
+    "by a Redis restart), or that holder was itself still waiting out an earlier one",
+    "inherited": "the previous holder released the lease while it was still waiting out an earlier one",
     "unknown": "Redis has no record of a previous holder (a fresh Redis, or one that lost its data)",
 }
 
@@ -155,12 +207,14 @@ class RedisLock:
     backend = "redis"
 
     def __init__(self, url: str, prefix: str, ttl: float, retry_seconds: float) -> None:
+        self.prefix = prefix
         self.key = f"{prefix}:primary"
         self.epoch_key = f"{prefix}:epoch"
         self.holder_key = f"{prefix}:holder"
         self.channel = f"{prefix}:released"
         self.run_prefix = f"{prefix}:run"
         self.ttl = ttl
+        self.renew_every = min(ttl / 3, MAX_RENEW_INTERVAL_SECONDS)
         self.retry_seconds = retry_seconds
         self.location = f"Redis key {self.key} at {mask_url(url)}"
         self.epoch = 0
@@ -175,34 +229,45 @@ class RedisLock:
         self._release_script = self.client.register_script(RELEASE)
         self._holder = Holder.me(0)
         self._renewed_at: float | None = None  # monotonic time the last successful renewal was sent
-        self._next_renewal = 0.0  # monotonic time of the next renewal (every ttl/3)
+        self._next_renewal = 0.0  # monotonic time of the next renewal
         self._takeover_at = 0.0  # monotonic time before which a newly won lease must not be used
         self._longest_ttl_seen = ttl  # the longest lease of any holder seen in this scope
 
     async def try_acquire(self) -> bool:
         token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
         holder = Holder.me(0)
-        unknown_wait_ms = round(belief_window(self._longest_ttl_seen) * 1000)
+        args = self._record(token, holder, round(belief_window(self._longest_ttl_seen) * 1000))
+        args.append(MAX_LOCK_TTL_SECONDS * 1000)
         sent_at = time.monotonic()
-        keys = [self.key, self.epoch_key, self.holder_key]
         try:
-            result = await self._acquire_script(keys=keys, args=self._record(token, holder, unknown_wait_ms))
-        except RedisError as exc:
-            raise_if_cancelled()
-            raise self._unreachable(exc) from exc
+            result = await self.call(
+                self._acquire_script(keys=[self.key, self.epoch_key, self.holder_key], args=args)
+            )
+        except LockError:
+            with suppress(RedisError):  # the script stopped half way (a permission it lacks)
+                await self._release_script(keys=[self.key, self.holder_key], args=[token, self.channel])
+            raise
         if not result[0]:
-            raise_if_cancelled()
-            if str(result[1]).isdigit():  # a longer lease than ours must be waited out one day
+            if result[2] == "lease-without-expiry":
+                logger.error(
+                    "The lease %s had no expiry (set by hand?) and would have blocked the election for "
+                    "ever; it now expires in %.0f s",
+                    self.key,
+                    self.ttl,
+                )
+            elif str(result[1]).isdigit():  # a longer lease than ours must be waited out one day
                 self._longest_ttl_seen = max(self._longest_ttl_seen, int(result[1]) / 1000)
             return False
         received_at = time.monotonic()
-        _, epoch, wait_ms, why = result
+        _, epoch, wait_ms, why, note = result
         self.token, self.epoch, self._renewed_at = token, int(epoch), sent_at
-        self._next_renewal = sent_at + self.ttl / 3
+        self._next_renewal = sent_at + self.renew_every
         self._holder = Holder(pid=holder.pid, host=holder.host, since=holder.since, epoch=self.epoch)
         if (task := asyncio.current_task()) is not None and task.cancelling():
             await self.release()  # cancelled while the lease was being taken: give it back
             raise asyncio.CancelledError
+        if note == "epoch-repaired":
+            logger.error("The epoch key %s held no number (edited by hand?): now %d", self.epoch_key, epoch)
         self._takeover_at = received_at + int(wait_ms) / 1000
         if int(wait_ms) > 0:
             logger.info(
@@ -222,7 +287,7 @@ class RedisLock:
         released = asyncio.Event()
         pubsub = self.client.pubsub()
         try:
-            await pubsub.subscribe(self.channel)  # before trying: a release cannot slip between
+            await self.call(pubsub.subscribe(self.channel))  # before trying: no release slips between
             listener = asyncio.create_task(_set_on_message(pubsub, released))
             try:
                 while True:
@@ -234,21 +299,19 @@ class RedisLock:
                             await released.wait()
                     raise_if_cancelled()
                     if listener.done():
-                        listener.result()  # the subscription broke: raise its error
+                        await self.call(listener)  # the subscription broke: raise its error
             finally:
                 listener.cancel()
-                with suppress(asyncio.CancelledError):
+                with suppress(asyncio.CancelledError, RedisError):
                     await listener
-        except RedisError as exc:
-            raise_if_cancelled()
-            raise self._unreachable(exc) from exc
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def hold(self) -> None:
         # The schedule lives on the instance: hold() is entered again after the takeover wait and
         # must carry on from the last renewal, not start a fresh period that could end past the
-        # deadline. A failed renewal is retried sooner, a few times before the deadline.
+        # deadline. A failed renewal is retried sooner, a few times before the deadline, and no
+        # renewal may run past the deadline (whatever socket timeout REDIS_URL sets).
         while self._renewed_at is not None:
             deadline = self._renewed_at + belief_window(self.ttl)
             await asyncio.sleep(max(0.0, min(self._next_renewal, deadline) - time.monotonic()))
@@ -261,20 +324,22 @@ class RedisLock:
                     "running and reachable (REDIS_URL)"
                 )
             attempt = time.monotonic()
-            args = self._record(self.token, self._holder, self.epoch)
+            keys = [self.key, self.holder_key, self.epoch_key]
             try:
-                renewed = await self._renew_script(keys=[self.key, self.holder_key], args=args)
+                async with asyncio.timeout(max(0.01, deadline - attempt)):
+                    renewed = await self.call(
+                        self._renew_script(keys=keys, args=self._record(self.token, self._holder, self.epoch))
+                    )
+            except (LockError, TimeoutError) as exc:
                 raise_if_cancelled()
-            except RedisError as exc:
-                raise_if_cancelled()
-                logger.warning("Renewing the primary lease failed, retrying: %s", exc)
-                self._next_renewal = attempt + self.ttl / 9
+                logger.warning("Renewing the primary lease failed, retrying: %s", exc or "timed out")
+                self._next_renewal = attempt + self.renew_every / 3
                 continue
             if not renewed:
                 self._renewed_at = None
                 logger.warning("The primary lease (%s) is gone or held by another worker", self.key)
                 return
-            self._renewed_at, self._next_renewal = attempt, attempt + self.ttl / 3
+            self._renewed_at, self._next_renewal = attempt, attempt + self.renew_every
 
     def is_held(self) -> bool:
         if self._renewed_at is None:
@@ -291,34 +356,26 @@ class RedisLock:
             logger.warning("Could not release the primary lease (it expires in %.0f s): %s", self.ttl, exc)
 
     async def read_holder(self) -> Holder | None:
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.get(self.key)
-                pipe.hgetall(self.holder_key)
-                pipe.time()
-                token, record, (seconds, microseconds) = await pipe.execute()
-        except RedisError as exc:
-            raise_if_cancelled()
-            raise self._unreachable(exc) from exc
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.key)
+            pipe.type(self.holder_key)
+            pipe.time()
+            token, kind, (seconds, microseconds) = await self.call(pipe.execute())
         if token is None:
             return None
+        record = await self.call(self.client.hgetall(self.holder_key)) if kind == "hash" else {}
         if record.get("token") != token:  # a record out of step (edited by hand): the token tells
             pid, _, rest = str(token).partition("@")
-            host = rest.rpartition("#")[0]
-            return Holder(pid=int(pid) if pid.isdigit() else 0, host=host, since="", epoch=0)
+            return Holder(pid=_number(pid), host=rest.rpartition("#")[0], since="", epoch=0)
         now_ms = int(seconds) * 1000 + int(microseconds) // 1000
-        active_ms = int(record.get("active_ms") or 0)
-        active_at = None
-        if active_ms > now_ms:  # still waiting out a previous lease: say when singleton work starts
-            active_at = datetime.now(UTC).timestamp() + (active_ms - now_ms) / 1000
+        active_in = (_number(record.get("active_ms")) - now_ms) / 1000
+        active_at = datetime.fromtimestamp(time.time() + active_in, UTC) if active_in > 0 else None
         return Holder(
-            pid=int(record.get("pid") or 0),
+            pid=_number(record.get("pid")),
             host=str(record.get("host", "")),
             since=str(record.get("since", "")),
-            epoch=int(record.get("epoch") or 0),
-            active_at=(
-                datetime.fromtimestamp(active_at, UTC).isoformat(timespec="seconds") if active_at else None
-            ),
+            epoch=_number(record.get("epoch")),
+            active_at=active_at.isoformat(timespec="seconds") if active_at else None,
         )
 
     def run_ledger(self) -> RedisRunLedger:
@@ -329,12 +386,14 @@ class RedisLock:
         await self.client.aclose()
 
     async def call(self, command: Awaitable[T]) -> T:
-        """Run one Redis command for this lock scope (the ledger's), translating its errors."""
+        """Await one Redis command (or script) of this lock scope: the one place that re-raises a
+        cancellation redis-py swallowed and turns Redis's errors into ``LockError``s that say what
+        to do."""
         try:
             result = await command
         except RedisError as exc:
             raise_if_cancelled()
-            raise self._unreachable(exc) from exc
+            raise self._translate(exc) from exc
         raise_if_cancelled()
         return result
 
@@ -342,11 +401,30 @@ class RedisLock:
         """The arguments of the acquire and renew scripts: the holder record's fields, then one more."""
         return [token, round(self.ttl * 1000), holder.pid, holder.host, holder.since, last]
 
-    def _unreachable(self, exc: Exception) -> LockError:
-        return LockError(
-            f"cannot reach Redis for the {self.location}: {exc}; check that Redis is running and "
-            "that REDIS_URL is right"
-        )
+    def _translate(self, exc: RedisError) -> LockError:
+        where = f"the {self.location}"
+        if isinstance(exc, AuthenticationError):
+            fix = "check the user name and password in REDIS_URL"
+            return LockError(f"Redis refused the credentials for {where}: {exc}; {fix}")
+        if isinstance(exc, NoPermissionError):
+            fix = f"allow the Redis user EVALSHA, SCRIPT, PUBLISH, SUBSCRIBE and writes to {self.prefix}:*"
+            return LockError(f"Redis denied a command for {where}: {exc}; {fix}")
+        if isinstance(exc, ReadOnlyError):
+            fix = "point REDIS_URL at the primary Redis, not at a replica"
+            return LockError(f"Redis is a read-only replica for {where}: {exc}; {fix}")
+        if isinstance(exc, ResponseError):
+            fix = f"a key under {self.prefix}: may hold a value written by hand; look at it, and delete it"
+            return LockError(f"Redis refused a command for {where}: {exc}; {fix}")
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            fix = "check that Redis is running and that REDIS_URL is right"
+            return LockError(f"cannot reach Redis for {where}: {exc}; {fix}")
+        return LockError(f"Redis failed for {where}: {exc}; check Redis and REDIS_URL")
+
+
+def _number(value: object) -> int:
+    """A field of the holder record as a number; 0 for anything else (a record edited by hand)."""
+    text = str(value or "")
+    return int(text) if text.isascii() and text.isdigit() else 0
 
 
 CLAIM = """
@@ -354,11 +432,15 @@ CLAIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 'fenced'
 end
-local state = redis.call('HGET', KEYS[3], 'state')
-if state == 'done' then return 'done' end
-if state and tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0') >= tonumber(ARGV[2]) then
-  return 'in progress'
+if redis.call('TYPE', KEYS[3]).ok == 'hash' then
+  if redis.call('HGET', KEYS[3], 'state') == 'done' then return 'done' end
+  -- Claimed under a newer epoch: we are deposed. Under ours (a reply that was lost, a failure
+  -- whose give-back failed too): ours to do again. Under an older one: its holder died; redo it.
+  if (tonumber(redis.call('HGET', KEYS[3], 'epoch') or '') or 0) > tonumber(ARGV[2]) then
+    return 'fenced'
+  end
 end
+redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'state', 'claimed', 'epoch', ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 'claimed'
@@ -366,16 +448,27 @@ return 'claimed'
 
 FINISH = """
 -- KEYS: run, latest. ARGV: epoch, keep_seconds, period
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'done', 'epoch', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local latest = redis.call('GET', KEYS[2])
+local latest = nil
+if redis.call('TYPE', KEYS[2]).ok == 'string' then latest = redis.call('GET', KEYS[2]) end
 if not latest or latest < ARGV[3] then redis.call('SET', KEYS[2], ARGV[3]) end
 return 1
 """
 
+CREATED = """
+-- KEYS: created. Remembers when this ledger was first used (Redis's clock), unless it already does.
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' or not tonumber(redis.call('GET', KEYS[1])) then
+  redis.call('SET', KEYS[1], redis.call('TIME')[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 ABANDON = """
 -- KEYS: run. ARGV: epoch
-if redis.call('HGET', KEYS[1], 'state') == 'claimed' and redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('HGET', KEYS[1], 'state') == 'claimed'
+    and redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
   redis.call('DEL', KEYS[1])
 end
 return 1
@@ -397,14 +490,15 @@ class RedisRunLedger:
         client = lock.client
         self._claim, self._finish = client.register_script(CLAIM), client.register_script(FINISH)
         self._abandon = client.register_script(ABANDON)
+        self._created = client.register_script(CREATED)
 
-    async def claim(self, run_id: str) -> bool:
+    async def claim(self, run_id: str) -> Claim:
         if not self.lock.is_held():
-            return False
+            return "fenced"
         keys = [self.lock.key, self.lock.epoch_key, self._run_key(run_id)]
         args: list[Any] = [self.lock.token, self.lock.epoch, self.KEEP_SECONDS]
         outcome = await self.lock.call(self._claim(keys=keys, args=args))
-        return bool(outcome == "claimed")
+        return "claimed" if outcome == "claimed" else "done" if outcome == "done" else "fenced"
 
     async def finish(self, run_id: str) -> None:
         job, _, period = run_id.rpartition(":")
@@ -416,8 +510,14 @@ class RedisRunLedger:
 
     async def latest_finished(self, prefix: str) -> str | None:
         job = prefix.removesuffix(":")
-        period = await self.lock.call(self.lock.client.get(f"{self.lock.run_prefix}-latest:{job}"))
+        key = f"{self.lock.run_prefix}-latest:{job}"
+        if await self.lock.call(self.lock.client.type(key)) != "string":
+            return None
+        period = await self.lock.call(self.lock.client.get(key))
         return f"{job}:{period!s}" if period else None
+
+    async def created_at(self) -> float:
+        return float(await self.lock.call(self._created(keys=[f"{self.lock.run_prefix}-created"])))
 
     def _run_key(self, run_id: str) -> str:
         return f"{self.lock.run_prefix}:{run_id}"

@@ -96,8 +96,12 @@ class ReportSender:
             run_id = f"{JOB}:{period.strftime(PERIOD_FORMAT)}"
             if not self.election.is_primary:
                 return
-            if not await ledger.claim(run_id):
-                continue  # done already, or in progress elsewhere
+            claim = await ledger.claim(run_id)
+            if claim == "done":
+                continue  # sent already (by an earlier primary, or out of order)
+            if claim == "fenced":
+                logger.warning("Not sending report %s: this worker is not the primary any more", run_id)
+                return
             try:
                 await self.mailer.send(self.compose(period))
             except Exception as exc:
@@ -108,24 +112,55 @@ class ReportSender:
             logger.info("Report %s sent to %s", run_id, ", ".join(self.settings.report_to))
 
     async def due_periods(self, now: datetime) -> list[datetime]:
-        """Periods up to ``now`` that may still need sending, oldest first."""
+        """Periods up to ``now`` that may still need sending, oldest first.
+
+        They start after the last period done, never earlier than ``REPORT_CATCH_UP_SECONDS`` ago
+        (older ones are skipped with a WARNING). Without any period done they start with this
+        primary, but never before the ledger was created: a ledger that was lost and created anew
+        knows nothing of what was sent before, and sending it all again would be worse than a gap.
+        """
+        ledger = self.election.lock.run_ledger()
         window_start = now - timedelta(seconds=self.settings.report_catch_up_seconds)
-        latest = await self.election.lock.run_ledger().latest_finished(f"{JOB}:")
-        if latest is None:
-            start = self.promoted_at  # nothing sent ever: begin with this primary
+        latest = await ledger.latest_finished(f"{JOB}:")
+        last_done = None
+        if latest is not None:
+            try:
+                last_done = datetime.strptime(latest.split(":", 1)[1], PERIOD_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                logger.error("The run ledger's last report period %r is no period (edited?): ignored", latest)
+        if last_done is not None and last_done > now + timedelta(seconds=1):
+            logger.error(
+                "The run ledger says the report of %s was sent, which lies in the future (a clock "
+                "that was ahead, or an edited ledger); ignoring it",
+                last_done.isoformat(),
+            )
+            last_done = None
+        if last_done is not None:
+            first, floor = last_done + timedelta(microseconds=1), window_start
         else:
-            last_done = datetime.strptime(latest.split(":", 1)[1], PERIOD_FORMAT).replace(tzinfo=UTC)
-            start = max(last_done + timedelta(microseconds=1), window_start)
-            skipped = self.fire_times(last_done + timedelta(microseconds=1), window_start)
-            if skipped:
+            first = self.promoted_at
+            created = datetime.fromtimestamp(await ledger.created_at(), UTC)
+            floor = max(window_start, created)
+            unknown = self.fire_times(max(first, window_start), created)
+            if unknown:
                 logger.warning(
-                    "Skipping %d report period(s) from %s to %s: older than REPORT_CATCH_UP_SECONDS",
-                    len(skipped),
-                    skipped[0].isoformat(),
-                    skipped[-1].isoformat(),
+                    "Not sending %d report period(s) from %s to %s again: the run ledger was created "
+                    "only at %s (it was lost), so nothing says whether they were sent",
+                    len(unknown),
+                    unknown[0].isoformat(),
+                    unknown[-1].isoformat(),
+                    created.isoformat(),
                 )
+        skipped = self.fire_times(first, window_start)
+        if skipped:
+            logger.warning(
+                "Skipping %d report period(s) from %s to %s: older than REPORT_CATCH_UP_SECONDS",
+                len(skipped),
+                skipped[0].isoformat(),
+                skipped[-1].isoformat(),
+            )
         # A period already marked done after `latest` (sent out of order) is refused by its claim.
-        return self.fire_times(min(start, now), now, inclusive=True)
+        return self.fire_times(min(max(first, floor), now), now, inclusive=True)
 
     def fire_times(self, start: datetime, end: datetime, *, inclusive: bool = False) -> list[datetime]:
         times: list[datetime] = []
