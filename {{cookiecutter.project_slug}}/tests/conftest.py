@@ -294,10 +294,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def lock_env(redis_server: RedisServer) -> dict[str, str]:
-    """The lock scope of one test: a private key prefix on the tests' Redis server, a short ttl."""
+def fresh_lock_env(redis_server: RedisServer) -> dict[str, str]:
+    """A lock scope Redis has never heard of: its first holder waits out any lease it cannot know."""
     redis_server.ensure_running()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
+    return {"REDIS_URL": redis_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
+
+
+@pytest.fixture
+def lock_env(redis_server: RedisServer) -> dict[str, str]:
+    """The lock scope of one test: a private key prefix on the tests' Redis server, a short ttl, and
+    a holder record that says its last holder released the lease (a scope in use, not a new one:
+    otherwise every test would start with the first holder's wait)."""
+    redis_server.ensure_running()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.hset(f"{prefix}:holder", mapping={"state": "released"})
     return {"REDIS_URL": redis_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
 
 

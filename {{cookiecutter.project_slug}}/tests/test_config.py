@@ -58,7 +58,7 @@ BAD_VALUES = [
     ("EMAIL_FROM", "me", "invalid setting EMAIL_FROM='me': 'me' is not an e-mail address"),
     ("SMTP_HOST", "", "invalid setting SMTP_HOST='': String should have at least 1 character"),
     ("SMTP_PORT", "0", "invalid setting SMTP_PORT='0': must be a whole number from 1 to 65535"),
-    ("SMTP_TLS", "yes", "invalid setting SMTP_TLS='yes': Input should be 'none', 'starttls' or 'tls'"),
+    ("SMTP_TLS", "yes", "invalid setting SMTP_TLS='yes': Input should be 'auto', 'none', 'starttls' or"),
     ("SMTP_TIMEOUT_SECONDS", "inf", "invalid setting SMTP_TIMEOUT_SECONDS='inf': must be a number from 1"),
     ("REPORT_SCHEDULE", "daily", "invalid setting REPORT_SCHEDULE='daily': must have 5 crontab fields"),
     ("REPORT_SCHEDULE", "0 7 * * 1", "invalid setting REPORT_SCHEDULE='0 7 * * 1': write the weekday field"),
@@ -114,6 +114,17 @@ def test_every_number_is_bounded_and_refuses_inf_and_nan(monkeypatch: pytest.Mon
         if name == "lock_ttl_seconds":
             monkeypatch.setenv("LOCK_RETRY_SECONDS", "0.05")
         assert float(getattr(load_settings(), name)) == good
+
+
+def test_an_smtp_password_is_refused_without_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_PASSWORD", "secret")
+    monkeypatch.setenv("SMTP_TLS", "none")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value).startswith("invalid setting SMTP_TLS='none': must not be none while SMTP_")
+    assert "secret" not in str(error.value)
+    monkeypatch.setenv("SMTP_TLS", "auto")
+    assert load_settings().smtp_tls == "auto"
 {%- if cookiecutter.lock_backend == "redis" %}
 
 

@@ -209,8 +209,16 @@ def test_unusable_lock_path_keeps_workers_standby_serving_and_retrying(
 # -- Attacks and faults: a full disk, failing system calls, hostile files ---------------------------
 
 
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def descriptors_of(path: Path) -> list[str]:
+    """This process's open descriptors of ``path`` (others come and go with other threads)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                found.append(fd)
+        except OSError:
+            continue  # closed meanwhile
+    return found
 
 
 def status(lock_path: Path) -> subprocess.CompletedProcess[str]:
@@ -291,7 +299,7 @@ def test_a_failing_step_raises_lock_error_and_leaves_no_descriptor_and_no_lock(
 
     async def scenario() -> None:
         lock = FileLock(lock_path)
-        before = open_descriptors()
+        assert descriptors_of(lock_path) == []
         monkeypatch.setattr(target, function, failing)
         try:
             with pytest.raises(LockError) as error:
@@ -301,7 +309,7 @@ def test_a_failing_step_raises_lock_error_and_leaves_no_descriptor_and_no_lock(
         assert str(lock_path) in str(error.value) and "Input/output error (injected)" in str(error.value)
         assert MESSAGES.get(function, "check the file and its file system") in str(error.value)
         await asyncio.sleep(0.05)  # a waiting thread (acquire) closes its descriptor on its own
-        assert open_descriptors() == before, "a descriptor of the failed attempt is still open"
+        assert descriptors_of(lock_path) == [], "a descriptor of the failed attempt is still open"
         assert not lock.is_held()
         other = FileLock(lock_path)
         assert await other.try_acquire(), "the failed attempt left the kernel lock taken"

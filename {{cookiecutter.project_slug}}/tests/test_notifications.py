@@ -7,21 +7,28 @@ import logging
 import os
 import re
 import signal
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
 from email.message import Message
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from pydantic import SecretStr
 
 from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.notifications.alerts import AlertDigest
+from {{ cookiecutter.package_name }}.notifications.mail import Mailer, new_message
 
 from conftest import Server
 from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env, period_of
-from support import free_port, run_scenario, wait_until
+from support import free_port, run_scenario, self_signed_certificate, wait_until
 
 
 def test_four_workers_send_exactly_one_report_per_period(
@@ -255,3 +262,79 @@ def test_an_error_flood_keeps_memory_and_digests_bounded(
         body = str(message.get_payload())
         assert len(body) < 80_000, f"a digest of {len(body)} characters"
         assert "more record(s) of other messages are not listed" in body
+
+
+def test_a_record_with_a_broken_character_does_not_lose_the_digest(smtp_sink: MailSink) -> None:
+    digest = AlertDigest(smtp_settings(smtp_sink), lambda: "standby")
+    logger = logging.getLogger("tests.alerts")
+    logger.addHandler(digest)
+    try:
+        logger.error("Cannot open %s", os.fsdecode(b"report-\xff.csv"))  # a name in another encoding
+        logger.error("Another failure")
+        run_scenario(digest.send_digest)
+    finally:
+        logger.removeHandler(digest)
+    (mail,) = smtp_sink.received()
+    assert "2 error record(s)" in str(mail.get_payload()) and "report-\\udcff.csv" in str(mail.get_payload())
+
+
+def test_digests_that_could_not_be_sent_do_not_count_against_the_hourly_cap() -> None:
+    sink = MailSink()  # down at first
+    settings = smtp_settings(sink).model_copy(update={"alert_max_per_hour": 1})
+    digest = AlertDigest(settings, lambda: "standby")
+    logger = logging.getLogger("tests.alerts")
+    logger.addHandler(digest)
+    try:
+        logger.error("During the outage")
+        run_scenario(digest.send_digest)  # fails: nobody listens
+        sink.start()
+        logger.error("After the outage")
+        run_scenario(digest.send_digest)
+    finally:
+        logger.removeHandler(digest)
+        sink.stop()
+    assert len(sink.received()) == 1  # the cap of one per hour was not used up by the failure
+
+
+def smtp_settings(sink: MailSink) -> Settings:
+    return Settings(
+        email_backend="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=sink.port,
+        alert_recipients="oncall@example.com",
+        _env_file=None,
+    )
+
+
+def test_auto_tls_upgrades_the_connection_before_the_password_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted by the client's default TLS context
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    encrypted_at_login: list[bool] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        encrypted_at_login.append(session.ssl is not None)
+        return AuthResult(success=True)
+
+    sink = MailSink()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=sink.port,
+        tls_context=server_tls,
+        authenticator=authenticator,
+        auth_require_tls=False,  # the server would take the password in clear text: the client must not
+    )
+    controller.start()
+    try:
+        settings = smtp_settings(sink).model_copy(
+            update={"smtp_username": "svc", "smtp_password": SecretStr("pw")}
+        )
+        message = new_message(settings, ["ops@example.com"], "Hello", "Body")
+        run_scenario(lambda: Mailer(settings).send(message))
+    finally:
+        controller.stop()
+    assert encrypted_at_login == [True] and len(sink.received()) == 1

@@ -32,7 +32,14 @@ from {{ cookiecutter.package_name }}.redaction import mask_url
 from conftest import PACKAGE, Server, current_holder, service_env, settings_from
 from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env
 from redis_server import RedisServer, redis_server_binaries, tls_capable_binary
-from support import assert_one_primary_at_a_time, eventually, free_port, run_scenario, wait_until
+from support import (
+    assert_one_primary_at_a_time,
+    eventually,
+    free_port,
+    run_scenario,
+    self_signed_certificate,
+    wait_until,
+)
 
 TTL = 3.0
 RETRY = 0.2
@@ -199,11 +206,11 @@ def test_a_gracefully_released_or_expired_lease_is_taken_over_without_waiting(
     asyncio.run(scenario())
 
 
-def test_the_renewals_carry_on_after_the_takeover_wait(lock_env: dict[str, str]) -> None:
+def test_the_renewals_carry_on_after_the_takeover_wait(fresh_lock_env: dict[str, str]) -> None:
     """The wait holds the lease for ttl - margin and is cut off just as a renewal falls due; the
     holder must carry on with that renewal, not start a new period that ends past its deadline
     (found by the suite: a primary demoted itself one second after its promotion)."""
-    settings = settings_from(lock_env)  # a fresh prefix: the winner waits 2 s first
+    settings = settings_from(fresh_lock_env)  # a fresh prefix: the winner waits 2 s first
 
     async def scenario() -> None:
         election = Election(make_lock(settings), retry_seconds=RETRY)
@@ -270,6 +277,8 @@ def test_status_and_one_shot_api_fail_closed_when_redis_is_unreachable(lock_env:
 def test_masked_url_hides_only_the_password() -> None:
     assert mask_url("rediss://user:secret@cache:6380/2") == "rediss://user:***@cache:6380/2"
     assert mask_url("redis://:secret@cache") == "redis://:***@cache"
+    assert mask_url("redis://secret@cache") == "redis://***@cache"  # a password in the user's place
+    assert mask_url("redis://cache:6379/0?db=1&password=a+b") == "redis://cache:6379/0?db=1&password=***"
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
 
 
@@ -282,10 +291,7 @@ def test_rediss_url_with_a_password_works_over_tls(lock_env: dict[str, str], tmp
         pytest.skip(
             f"no redis-server built with TLS (tried {tried}); install one, e.g. apt install redis-server"
         )
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
-    openssl += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
-    subprocess.run(openssl, check=True, capture_output=True)
+    cert, key = self_signed_certificate(tmp_path)
     port = free_port()
     tls = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     tls += ["--tls-auth-clients", "no", "--requirepass", "s3cret-pass"]
@@ -435,10 +441,11 @@ def test_instances_with_different_ttls_never_overlap_when_redis_restarts_empty(
 
 
 def test_the_takeover_wait_is_visible_in_logs_health_and_status(
-    start_server: Callable[..., Server], lock_env: dict[str, str]
+    start_server: Callable[..., Server], fresh_lock_env: dict[str, str]
 ) -> None:
     # A fresh prefix: Redis has no record of any previous holder, so the winner waits its lease out.
-    server = start_server("uvicorn", workers=2, env={"LOCK_TTL_SECONDS": "6"})
+    lock_env = fresh_lock_env
+    server = start_server("uvicorn", workers=2, env={**lock_env, "LOCK_TTL_SECONDS": "6"})
     line = server.wait_for_log(r"Won the primary lease \(epoch 1\), but Redis has no record")
     assert "waiting 4.0 s before starting singleton work" in line
     assert server.primaries() == set()  # every worker logged primary=False at start-up
@@ -571,8 +578,8 @@ def test_a_primary_notices_a_lost_lease_within_half_a_second(
     run_scenario(scenario)
 
 
-def test_the_one_shot_api_holds_the_lease_through_its_takeover_wait(lock_env: dict[str, str]) -> None:
-    settings = settings_from(lock_env)  # a fresh scope: the winner waits 2 s first
+def test_the_one_shot_api_holds_the_lease_through_its_takeover_wait(fresh_lock_env: dict[str, str]) -> None:
+    settings = settings_from(fresh_lock_env)  # a fresh scope: the winner waits 2 s first
 
     async def scenario() -> None:
         won, lock = await is_primary_worker(settings)

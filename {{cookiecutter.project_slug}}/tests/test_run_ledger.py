@@ -10,7 +10,11 @@ import pytest
 from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.coordination import Election, make_lock
 from {{ cookiecutter.package_name }}.notifications.mail import Mailer
-from {{ cookiecutter.package_name }}.notifications.reports import PERIOD_FORMAT, ReportSender
+from {{ cookiecutter.package_name }}.notifications.reports import (
+    CURRENT_PERIOD_SECONDS,
+    PERIOD_FORMAT,
+    ReportSender,
+)
 
 from conftest import settings_from, take_over_behind_its_back
 from support import run_scenario
@@ -91,13 +95,14 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
 
         due = await ReportSender(settings, election, Mailer(settings)).due_periods(now)
 
-        assert due[0] == now - timedelta(seconds=10)  # the catch-up window, oldest first
-        assert due[-1] == now and len(due) == 11
+        # The catch-up window (10 s, and the current period's 5 s), oldest first.
+        assert due[0] == now - timedelta(seconds=10 + CURRENT_PERIOD_SECONDS)
+        assert due[-1] == now and len(due) == 16
         await election.stop()
 
     with caplog.at_level(logging.WARNING):
         run_scenario(scenario)
-    assert "Skipping 49 report period(s)" in caplog.text  # 59 missed, 10 of them still in the window
+    assert "Skipping 44 report period(s)" in caplog.text  # 59 missed, 15 of them still in the window
 
 
 def every_second(lock_env: dict[str, str]) -> Settings:
@@ -149,3 +154,43 @@ def test_a_report_marked_sent_in_the_future_is_ignored_with_an_error(
     with caplog.at_level(logging.ERROR):
         run_scenario(scenario)
     assert "lies in the future (a clock that was ahead, or an edited ledger); ignoring it" in caplog.text
+
+
+def test_with_no_catch_up_the_current_period_is_still_sent(lock_env: dict[str, str]) -> None:
+    settings = every_second(lock_env).model_copy(update={"report_catch_up_seconds": 0.0})
+
+    async def scenario() -> None:
+        election = Election(make_lock(settings))
+        await election.start()
+        sender = ReportSender(settings, election, Mailer(settings))
+        now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        ledger = election.lock.run_ledger()
+        last = f"report:{(now - timedelta(seconds=10)).strftime(PERIOD_FORMAT)}"
+        assert await ledger.claim(last) == "claimed"
+        await ledger.finish(last)
+
+        # The run starts a moment after its period: that period is the current one, not a missed one.
+        due = await sender.due_periods(now + timedelta(milliseconds=300))
+
+        assert now in due and all(period >= now - timedelta(seconds=5) for period in due)
+        await election.stop()
+
+    run_scenario(scenario)
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("*/30 2 * * *", 2), ("30 2 * * *", 1)])
+def test_the_hour_that_repeats_when_summer_time_ends_sends_no_period_twice(
+    lock_env: dict[str, str], schedule: str, expected: int
+) -> None:
+    """In Vienna, on 31 October 2027, 02:00 to 02:59 comes twice (00:00 to 01:59 UTC)."""
+    settings = settings_from(lock_env).model_copy(
+        update={"report_schedule": schedule, "report_timezone": "Europe/Vienna"}
+    )
+    sender = ReportSender(settings, Election(make_lock(settings)), Mailer(settings))
+
+    times = sender.fire_times(
+        datetime(2027, 10, 30, 23, 0, tzinfo=UTC), datetime(2027, 10, 31, 3, 0, tzinfo=UTC)
+    )
+
+    assert len(times) == expected, times
+    assert times == sorted(set(times))

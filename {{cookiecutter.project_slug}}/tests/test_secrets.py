@@ -61,8 +61,10 @@ def test_the_smtp_password_is_in_no_output(
     server.wait_for_log(r"Careless traceback")
     server.wait_for_log(r"alert digest of \d+ record\(s\) not sent")
 
+    assert server.get(f"/no/such/page/{SENTINEL}").status_code == 404  # and into the access log
     output = server.output() + server.get("/health/worker").text + status_output(lock_env, **env)
     assert_no_secret(output, SENTINEL)
+    assert "--- Logging error ---" not in output  # the access line was redacted, not broken
     assert "Careless log line: ***" in output and "careless exception: ***" in output
     assert "A library's careless line: ***" in output
 {%- if cookiecutter.lock_backend == "redis" %}

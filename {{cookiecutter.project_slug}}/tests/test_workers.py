@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from conftest import PACKAGE, Server, current_holder, service_env
@@ -30,6 +31,7 @@ def test_four_workers_elect_exactly_one_primary(
     primary = server.wait_for_primary()
 
     assert len(workers) == 4
+    assert httpx.head(f"http://127.0.0.1:{server.port}/health").status_code == 200
     holder = current_holder(lock_env)
     assert holder is not None and holder.pid == primary
     # Every one of the four workers answers, and agrees on who holds the lock.

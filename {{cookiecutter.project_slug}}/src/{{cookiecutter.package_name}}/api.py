@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, services: list[SingletonService
         lifespan=lifespan,
     )
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # some load balancers probe with HEAD
     async def health() -> dict[str, str]:
         """Liveness: the worker answers."""
         return {"status": "ok"}

@@ -12,7 +12,7 @@ import re
 {% if cookiecutter.lock_backend == "file" -%}
 from pathlib import Path
 {% endif -%}
-from typing import Any, Literal{% if cookiecutter.lock_backend == "redis" %}, Self{% endif %}
+from typing import Any, Literal, Self
 {% if cookiecutter.lock_backend == "redis" -%}
 from urllib.parse import urlsplit
 {% endif -%}
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from annotated_types import Ge, Gt, Le
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import Field, SecretStr, ValidationError, field_validator{% if cookiecutter.lock_backend == "redis" %}, model_validator{% endif %}
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 {%- if cookiecutter.lock_backend == "redis" %}
 from redis.asyncio.connection import parse_url
@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
-    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    smtp_tls: Literal["auto", "none", "starttls", "tls"] = "auto"
+    """auto: STARTTLS when the server offers it; starttls: required; tls: implicit TLS; none: never."""
     smtp_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
 
     report_schedule: str = "0 7 * * *"
@@ -106,7 +107,7 @@ class Settings(BaseSettings):
     def _timezone(cls, name: str) -> str:
         try:
             ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory of zones
             raise ValueError("must be an IANA time zone name, e.g. UTC or Europe/Vienna") from None
         return name
 
@@ -117,6 +118,15 @@ class Settings(BaseSettings):
             if not EMAIL_ADDRESS.fullmatch(address):
                 raise ValueError(f"{address!r} is not an e-mail address (comma-separate several)")
         return value
+
+    @model_validator(mode="after")
+    def _no_password_in_clear_text(self) -> Self:
+        if self.smtp_tls == "none" and self.smtp_password.get_secret_value():
+            raise ValueError(
+                "SMTP_TLS='none': must not be none while SMTP_PASSWORD is set, or the password would "
+                "cross the network in clear text; use auto, starttls or tls"
+            )
+        return self
 
     @property
     def report_to(self) -> list[str]:
@@ -216,16 +226,25 @@ def allowed_range(field_name: str) -> str | None:
     high = next((bound.le for bound in field.metadata if isinstance(bound, Le)), None)
     kind = "a whole number" if field.annotation is int else "a number"
     if low is not None and high is not None:
-        return f"{kind} from {low:g} to {high:g}"
+        return f"{kind} from {_plain(low)} to {_plain(high)}"
     if above is not None:
-        return f"{kind} greater than {above:g}"
+        return f"{kind} greater than {_plain(above)}"
     return kind
+
+
+def _plain(bound: object) -> str:
+    """2678400, not 2.6784e+06; 0.05 as 0.05."""
+    number = float(str(bound))
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning pydantic's report into one line that names the variable."""
     try:
         return Settings(**overrides)
+    except UnicodeDecodeError as exc:
+        reason = f"{exc.reason} at byte {exc.start}"
+        raise ConfigError(f"invalid settings file .env: it is not UTF-8 text ({reason})") from None
     except ValidationError as exc:
         error = exc.errors()[0]
         if not error["loc"]:  # a rule about several settings: the message names them

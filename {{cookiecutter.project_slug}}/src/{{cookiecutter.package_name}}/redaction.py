@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 SECRET_QUERY_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
@@ -60,7 +60,7 @@ def url_secrets(url: str) -> list[str]:
     for key, _, value in (item.partition("=") for item in parts.query.split("&") if item):
         if SECRET_QUERY_KEY.search(unquote(key)) and value:
             found.append(value)
-    return sorted({form for secret in found for form in (secret, unquote(secret))})
+    return sorted({form for secret in found for form in (secret, unquote(secret), unquote_plus(secret))})
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -81,10 +81,16 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        message = record.getMessage()
-        redacted = redact(message, self.secrets)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        if self._leaks(record):
+            # Redact the template and each argument, keeping their shape: some formatters (uvicorn's
+            # access log) unpack the arguments themselves.
+            record.msg = self._redacted(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(self._redacted(arg) for arg in record.args)
+            elif isinstance(record.args, dict):
+                record.args = {key: self._redacted(arg) for key, arg in record.args.items()}
+            if self._leaks(record):  # a secret made of template and argument together: flatten it
+                record.msg, record.args = redact(record.getMessage(), self.secrets), ()
         if record.exc_info and not record.exc_text:
             # Formatters reuse a record's cached exc_text: fill it in, already redacted.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -93,3 +99,16 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info, self.secrets)
         return True
+
+    def _leaks(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit: logging reports that itself
+            return False
+        return redact(message, self.secrets) != message
+
+    def _redacted(self, value: object) -> object:
+        """An argument of a log record without secrets (as text if its text held one)."""
+        text = value if isinstance(value, str) else str(value)
+        redacted = redact(text, self.secrets)
+        return value if redacted == text else redacted

@@ -24,7 +24,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from .base import LockError, PrimaryLock
+from .base import Holder, LockError, PrimaryLock
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ SERVICE_STOP_SECONDS = 5.0
 """How long a cancelled singleton service may take to finish before the lock is released anyway."""
 ERROR_REPEAT_SECONDS = 60.0
 """A lock error that persists is logged again this often, so it stays visible in the logs."""
+HOLDER_CACHE_SECONDS = 0.5
+"""How long ``status`` reuses the holder it read: a flood of ``/health/worker`` requests costs the
+lock backend at most one read per this interval and worker, never a connection per request."""
 
 
 class Election:
@@ -60,6 +63,9 @@ class Election:
         self._failures = 0
         self._error_logged_at = 0.0
         self._retiring = False
+        self._holder: Holder | None = None
+        self._holder_read_at = -HOLDER_CACHE_SECONDS
+        self._holder_lookup = asyncio.Lock()
 
     @property
     def is_primary(self) -> bool:
@@ -114,10 +120,7 @@ class Election:
 
     async def status(self) -> dict[str, Any]:
         """This worker's view of the election, as served by ``GET /health/worker``."""
-        try:
-            holder = await self.lock.read_holder()
-        except LockError:
-            holder = None
+        holder = await self._current_holder()
         primary = self.is_primary
         return {
             "pid": os.getpid(),
@@ -131,6 +134,17 @@ class Election:
             # PrimaryLock.takeover_delay); null unless it is waiting out a previous holder's lease.
             "takeover_wait_seconds": round(wait, 1) if (wait := self.lock.takeover_delay()) else None,
         }
+
+    async def _current_holder(self) -> Holder | None:
+        """Who holds the lock, read at most once per ``HOLDER_CACHE_SECONDS`` (one read at a time)."""
+        async with self._holder_lookup:
+            if time.monotonic() - self._holder_read_at >= HOLDER_CACHE_SECONDS:
+                try:
+                    self._holder = await self.lock.read_holder()
+                except LockError:
+                    self._holder = None
+                self._holder_read_at = time.monotonic()
+            return self._holder
 
     # -- the loop --------------------------------------------------------------------------------
 

@@ -224,6 +224,15 @@ class RedisLock:
         self.client = Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
         )
+        # Reads for status and /health/worker go through a connection of their own: however many
+        # requests ask, they can never take a connection that a renewal needs.
+        self.reader = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            max_connections=2,
+        )
         self._acquire_script = self.client.register_script(ACQUIRE)
         self._renew_script = self.client.register_script(RENEW)
         self._release_script = self.client.register_script(RELEASE)
@@ -356,14 +365,14 @@ class RedisLock:
             logger.warning("Could not release the primary lease (it expires in %.0f s): %s", self.ttl, exc)
 
     async def read_holder(self) -> Holder | None:
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.reader.pipeline(transaction=True) as pipe:
             pipe.get(self.key)
             pipe.type(self.holder_key)
             pipe.time()
             token, kind, (seconds, microseconds) = await self.call(pipe.execute())
         if token is None:
             return None
-        record = await self.call(self.client.hgetall(self.holder_key)) if kind == "hash" else {}
+        record = await self.call(self.reader.hgetall(self.holder_key)) if kind == "hash" else {}
         if record.get("token") != token:  # a record out of step (edited by hand): the token tells
             pid, _, rest = str(token).partition("@")
             return Holder(pid=_number(pid), host=rest.rpartition("#")[0], since="", epoch=0)
@@ -384,6 +393,7 @@ class RedisLock:
     async def close(self) -> None:
         await self.release()
         await self.client.aclose()
+        await self.reader.aclose()
 
     async def call(self, command: Awaitable[T]) -> T:
         """Await one Redis command (or script) of this lock scope: the one place that re-raises a

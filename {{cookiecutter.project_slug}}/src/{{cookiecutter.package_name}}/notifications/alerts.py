@@ -79,6 +79,9 @@ class AlertDigest(logging.Handler):
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        # Something a mail can carry: a broken character (a file name from another encoding) must
+        # not make the whole digest unsendable.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         key = (record.levelname, record.name, text[:MAX_TEXT])
         if key in self.pending:
             self.pending[key] += 1
@@ -94,12 +97,14 @@ class AlertDigest(logging.Handler):
         self.sender = asyncio.create_task(self._send_every_window(), name="alert-digests")
 
     async def stop(self) -> None:
-        """Detach, stop the sender, and mail what is left of the last window (5 s at most)."""
+        """Detach, stop the sender, and mail what is left of the last window (5 s at most each:
+        a worker's shutdown must never wait for a mail server)."""
         for name in WATCHED_LOGGERS:
             logging.getLogger(name).removeHandler(self)
         self.sender.cancel()
-        with suppress(asyncio.CancelledError):
-            await self.sender
+        with suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(5):
+                await self.sender
         with suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self.send_digest()
@@ -121,9 +126,9 @@ class AlertDigest(logging.Handler):
         if len(self.sent_at) >= self.settings.alert_max_per_hour:
             self.suppressed += total
             return  # counted, and reported in the next digest that may be sent
-        self.sent_at.append(now)
+        message = self.compose(records, overflow)
         try:
-            await self.mailer.send(self.compose(records, overflow))
+            await self.mailer.send(message)
         except Exception as exc:
             print(
                 f"ERROR alert digest of {total} record(s) not sent ({exc}); check the SMTP settings",
@@ -131,6 +136,7 @@ class AlertDigest(logging.Handler):
                 flush=True,
             )
         else:
+            self.sent_at.append(now)  # only mails that went out count against the hourly cap
             self.suppressed = 0
 
     def _drain(self) -> tuple[dict[Key, int], int]:

@@ -42,6 +42,7 @@ class Mailer:
             username=settings.smtp_username or None,
             password=settings.smtp_password.get_secret_value() or None,
             use_tls=settings.smtp_tls == "tls",
-            start_tls=settings.smtp_tls == "starttls",
+            # None: STARTTLS whenever the server offers it (aiosmtplib's own default).
+            start_tls={"auto": None, "starttls": True}.get(settings.smtp_tls, False),
             timeout=settings.smtp_timeout_seconds,
         )

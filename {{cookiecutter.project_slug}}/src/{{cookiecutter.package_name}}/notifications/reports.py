@@ -43,6 +43,9 @@ JOB = "report"
 PERIOD_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_PERIODS_PER_RUN = 1000
 """Bound on the periods looked at in one run (a 2-second schedule after a long outage)."""
+CURRENT_PERIOD_SECONDS = 5.0
+"""A period that came due at most this long ago is the current one, never a missed one, so even
+REPORT_CATCH_UP_SECONDS=0 sends it (the run starts a moment after its period)."""
 
 
 STARTED = time.monotonic()
@@ -120,7 +123,8 @@ class ReportSender:
         knows nothing of what was sent before, and sending it all again would be worse than a gap.
         """
         ledger = self.election.lock.run_ledger()
-        window_start = now - timedelta(seconds=self.settings.report_catch_up_seconds)
+        catch_up = self.settings.report_catch_up_seconds + CURRENT_PERIOD_SECONDS
+        window_start = now - timedelta(seconds=catch_up)
         latest = await ledger.latest_finished(f"{JOB}:")
         last_done = None
         if latest is not None:
@@ -163,13 +167,23 @@ class ReportSender:
         return self.fire_times(min(max(first, floor), now), now, inclusive=True)
 
     def fire_times(self, start: datetime, end: datetime, *, inclusive: bool = False) -> list[datetime]:
+        """The schedule's fire times from ``start`` to ``end``, in UTC and strictly increasing.
+
+        The search steps on in UTC: stepping a local time across the end of summer time (when an
+        hour repeats) would jump back an hour. A wall-clock time the repeated hour shows again is
+        skipped, as cron does: "30 2 * * *" sends one report on that day, not two.
+        """
         times: list[datetime] = []
+        last_wall_clock: datetime | None = None
         fire = self.trigger.get_next_fire_time(None, start)
         while fire is not None and (fire <= end if inclusive else fire < end):
-            times.append(fire.astimezone(UTC))
+            wall_clock = fire.replace(tzinfo=None)
+            if last_wall_clock is None or wall_clock > last_wall_clock:
+                times.append(fire.astimezone(UTC))
+                last_wall_clock = wall_clock
             if len(times) >= MAX_PERIODS_PER_RUN:
                 break
-            fire = self.trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+            fire = self.trigger.get_next_fire_time(fire, fire.astimezone(UTC) + timedelta(microseconds=1))
         return times
 
     def compose(self, period: datetime) -> EmailMessage:

@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""Maximum throughput of GET /health with wrk: the generated service vs the same app without coordination.
+
+Run from the repository root, on Linux (it reads /proc), with wrk on PATH (Debian: ``apt-get install wrk``):
+
+    .venv/bin/python bench/throughput.py [--rounds 3] [--seconds 10] [--backend file|redis] [--quiet 15] [--out t.json]
+
+It bakes this template with cookiecutter's Python API into a temporary directory, writes a plain
+FastAPI module with the same ``GET /health`` (no lifespan, nothing else), and starts both with
+``python -m uvicorn <module>:app --workers 4`` (each in its own process group; both stay up, only one
+is under load at a time). Runs are interleaved, ours then plain, for ``--rounds`` rounds, each after
+a short wrk warm-up. Besides wrk's numbers, each run records the CPU time the server's processes used,
+as microseconds per request, and the CPU that other processes used meanwhile (noise): on a small shared
+machine req/s depends as much on how the cores are shared with wrk and with anything else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MEDIAN_KEYS = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "other_cpu_pct")
+# The route exactly as in the generated api.py, return annotation included: with it FastAPI serializes
+# through pydantic, without it through jsonable_encoder, about 4-5 µs more per request (fastapi 0.165).
+PLAIN_APP = '''"""FastAPI without any coordination: the throughput reference."""
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.api_route("/health", methods=["GET", "HEAD"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition()`` every 50 ms until it is true; exit with a message after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Server:
+    """``python -m uvicorn <app> --workers N`` in its own process group, its output in a log file."""
+
+    def __init__(
+        self, name: str, app: str, env: dict[str, str], tmp: Path, workers: int, cpus: set[int] | None = None
+    ) -> None:
+        self.name, self.port, self.log = name, free_port(), tmp / f"{name}.log"
+        argv = [sys.executable, "-m", "uvicorn", app, "--workers", str(workers), "--no-access-log"]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                argv,
+                cwd=tmp,
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def answers(self) -> bool:
+        if self.process.poll() is not None:
+            sys.exit(f"{self.name} exited with status {self.process.returncode}:\n{self.log.read_text()}")
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as response:
+                return bool(response.status == 200 and json.load(response) == {"status": "ok"})
+        except OSError:
+            return False
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of every live process in the server's group (master and workers)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.process.pid:  # field 5, the process group
+                    total += int(fields[11]) + int(fields[12])  # fields 14 and 15, utime and stime
+        return total / CLK_TCK
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group, then SIGKILL to whatever is left after 15 s."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def bake(tmp: Path, backend: str) -> Path:
+    """Bake the template with ``lock_backend=backend``; return the baked project's ``src`` directory."""
+    from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
+
+    project = cookiecutter(str(ROOT), no_input=True, output_dir=str(tmp), extra_context={"lock_backend": backend})
+    return Path(project) / "src"
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of our own on a free port, without persistence; returns it and its URL."""
+    if not shutil.which("redis-server"):
+        sys.exit("--backend redis needs redis-server on PATH")
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def answers() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+        return False
+
+    wait_for(answers, 20, "redis-server")
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def milliseconds(text: str) -> float:
+    """wrk's '512.00us', '1.23ms' or '1.05s' in milliseconds."""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+WRK_CPUS: set[int] | None = None
+"""With --pin, the cores wrk may use (the servers get the others)."""
+
+
+def wrk(url: str, seconds: int, threads: int, connections: int) -> dict[str, Any]:
+    """One wrk run (whole seconds only: wrk rejects -d0.5s); req/s, latency percentiles (ms), errors."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    pin = (lambda: os.sched_setaffinity(0, WRK_CPUS)) if WRK_CPUS else None
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, preexec_fn=pin).stdout
+    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.MULTILINE))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "requests": int(re.search(r"(\d+) requests in", out)[1]),  # type: ignore[index]
+        **{f"p{q}_ms": milliseconds(latency[q]) for q in ("50", "75", "90", "99")},
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+    }
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy since boot, all cores (the first line of /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this script's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_until_quiet(limit: float, timeout: float = 600.0) -> float:
+    """Wait until the machine has been busy less than ``limit`` % of one core for 5 s (at most
+    ``timeout`` s, then go on anyway); return how long we waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        before = busy_seconds()
+        time.sleep(5)
+        if (busy_seconds() - before) / 5 * 100 < limit:
+            break
+    return time.monotonic() - start
+
+
+def measure(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up, then one measured wrk run, with the CPU time of the server, of wrk, and of the rest
+    of the machine (other processes: noise) during it."""
+    waited = wait_until_quiet(args.quiet) if args.quiet else 0.0
+    if args.warmup:
+        wrk(server.url, args.warmup, args.threads, args.connections)
+    before = server.cpu_seconds(), children_cpu_seconds(), busy_seconds(), time.monotonic()
+    result = wrk(server.url, args.seconds, args.threads, args.connections)
+    after = server.cpu_seconds(), children_cpu_seconds(), busy_seconds(), time.monotonic()
+    server_cpu, wrk_cpu, busy, wall = (b - a for a, b in zip(before, after, strict=True))
+    result["server_cpu_s"], result["wrk_cpu_s"] = server_cpu, wrk_cpu
+    result["cpu_us_per_req"] = server_cpu / max(result["requests"], 1) * 1e6
+    # Busy time of everything else, in % of one core: this script's polling is a fraction of a percent.
+    result["other_cpu_pct"] = max(0.0, busy - server_cpu - wrk_cpu) / wall * 100
+    result["waited_for_quiet_s"] = waited
+    return result
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu[1] if cpu else platform.processor(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools")},
+        "wrk": (wrk_version.stdout or wrk_version.stderr).split(" Copyright")[0].removeprefix("wrk "),
+        "loadavg_at_start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
+    }
+
+
+def table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown table: one row per run, then the medians of each app."""
+    lines = [
+        "| round | app | req/s | p50 (ms) | p99 (ms) | server CPU (µs/req) | other processes (% of a core) | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for i in range(len(runs["ours"])):
+        for name, run in ((name, runs[name][i]) for name in runs):
+            row = f"{run['req_per_s']:.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f}"
+            row += f" | {run['cpu_us_per_req']:.0f} | {run['other_cpu_pct']:.0f}"
+            lines.append(f"| {i + 1} | {name} | {row} | {run['socket_errors'] + run['non_2xx']} |")
+    for name, values in runs.items():
+        med = {key: statistics.median(run[key] for run in values) for key in MEDIAN_KEYS}
+        lines.append(
+            f"| median | **{name}** | **{med['req_per_s']:.0f}** | {med['p50_ms']:.2f} | {med['p99_ms']:.2f} "
+            f"| {med['cpu_us_per_req']:.0f} | {med['other_cpu_pct']:.0f} | |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per app, interleaved (default 3)")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each measured wrk run (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="wrk warm-up before each run, seconds (default 2)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    parser.add_argument("--backend", choices=["file", "redis"], default="file", help="lock backend of ours")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        metavar="PCT",
+        help="on a shared machine: before each run, wait (10 min at most) until everything running "
+        "uses less than PCT%% of one core over 5 s",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run wrk on the first core and the servers on the others, so that they do not compete",
+    )
+    parser.add_argument("--out", type=Path, help="write the raw numbers as JSON to this file")
+    args = parser.parse_args()
+    server_cpus = None
+    if args.pin:
+        global WRK_CPUS
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            sys.exit("--pin needs at least two cores")
+        WRK_CPUS, server_cpus = {cores[0]}, set(cores[1:])
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not on PATH: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # run the finally blocks below
+
+    info = machine()
+    print("machine: " + ", ".join(f"{key}={value}" for key, value in info.items()), flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "plain": []}
+    servers: list[Server] = []
+    redis: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="throughput-") as name:
+        tmp = Path(name)
+        try:
+            src = bake(tmp / "baked", args.backend)
+            package = next(src.glob("*/api.py")).parent.name
+            (tmp / "apps").mkdir()
+            (tmp / "apps" / "plain_app.py").write_text(PLAIN_APP)
+            # Both servers get the same environment (minus our settings from the caller's environment);
+            # ours also gets its lock settings.
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCK_", "REDIS_", "SMTP_", "ALERT_"))}
+            env["PYTHONPATH"] = os.pathsep.join([str(src), str(tmp / "apps")])
+            lock = {"LOCK_PATH": str(tmp / "locks" / "primary.lock")}
+            if args.backend == "redis":
+                redis, url = start_redis(tmp)
+                lock = {"REDIS_URL": url}
+            ours = Server("ours", f"{package}.api:app", env | lock, tmp, args.workers, server_cpus)
+            plain = Server("plain", "plain_app:app", env, tmp, args.workers, server_cpus)
+            servers += [ours, plain]
+            for server in servers:
+                wait_for(server.answers, 60, f"{server.name} to answer {server.url}")
+            # The file lock promotes the first worker at once; a fresh Redis waits out one lease (8 s).
+            wait_for(lambda: "primary=True" in ours.log.read_text(), 30, "a primary=True line in ours' log")
+            for i in range(args.rounds):
+                for server in (ours, plain):
+                    run = measure(server, args)
+                    runs[server.name].append(run)
+                    print(
+                        f"round {i + 1}/{args.rounds} {server.name:5}: {run['req_per_s']:6.0f} req/s, "
+                        f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+                        f"server CPU {run['cpu_us_per_req']:.0f} µs/req, "
+                        f"other processes {run['other_cpu_pct']:.0f}% of a core, "
+                        f"errors {run['socket_errors'] + run['non_2xx']}, "
+                        f"waited {run['waited_for_quiet_s']:.0f} s for quiet",
+                        flush=True,
+                    )
+            primaries = ours.log.read_text().count("primary=True")
+        finally:
+            for server in servers:
+                server.stop()
+            if redis is not None:
+                redis.terminate()
+                redis.wait()
+
+    medians = {name: statistics.median(run["req_per_s"] for run in values) for name, values in runs.items()}
+    paired = [o["req_per_s"] / p["req_per_s"] for o, p in zip(runs["ours"], runs["plain"], strict=True)]
+    ratio = medians["ours"] / medians["plain"]
+    # The same comparison from the CPU cost per request (plain's over ours': above 1 means ours is cheaper).
+    cpu = {name: statistics.median(run["cpu_us_per_req"] for run in values) for name, values in runs.items()}
+    print(f"\nGET /health, wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.workers} workers each")
+    print(table(runs))
+    print(f"\nratio of medians ours/plain: {ratio:.3f} (per round: {', '.join(f'{r:.3f}' for r in paired)})")
+    print(f"server CPU per request, plain/ours: {cpu['plain'] / cpu['ours']:.3f}")
+    print(f"primary=True lines in ours' log: {primaries} (1 means no role change during the runs)")
+    if args.out:
+        result = {"argv": sys.argv, "machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
+        result |= {"runs": runs, "median_req_per_s": medians, "ratio_ours_over_plain": ratio, "paired": paired}
+        result |= {"median_cpu_us_per_req": cpu}
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"raw numbers in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
