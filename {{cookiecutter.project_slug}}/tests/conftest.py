@@ -380,7 +380,7 @@ def start_server(lock_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
 @pytest.fixture
 def smtp_sink() -> Iterator[MailSink]:
     sink = MailSink()
-    sink.start()
+    sink.start(may_move=True)
     yield sink
     sink.stop()
 

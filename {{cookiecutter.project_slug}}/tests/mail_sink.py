@@ -51,9 +51,18 @@ class MailSink:
             self.before_accepting(message)
         return "250 Message accepted"
 
-    def start(self) -> None:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
+    def start(self, *, may_move: bool = False) -> None:
+        """Listen on ``port``, or with ``may_move`` on another free port if that one was taken."""
+        for _ in range(3):
+            self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+            try:
+                self.controller.start()
+                return
+            except (OSError, RuntimeError):
+                if not may_move:
+                    raise
+                self.port = free_port()
+        raise AssertionError("three free ports in a row were taken before the mail server could bind them")
 
     def stop(self) -> None:
         if self.controller is not None:

@@ -77,19 +77,40 @@ class RedisServer:
             self.extra = (*self.extra, "--unixsocket", str(self.socket), "--unixsocketperm", "700")
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self.started_once = port is not None  # a port given by the caller is never moved
         self.start()
+        self.started_once = True
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start (again, on the same port); the first start moves to another free port if another
+        process took this one meanwhile (free_port() cannot reserve it)."""
+        for _ in range(3):
+            if self._start_on_port():
+                return
+            if self.started_once:
+                break
+            self.port = free_port()
+        raise AssertionError(f"redis-server did not start on port {self.port}: is it taken?")
+
+    def _start_on_port(self) -> bool:
+        """Start redis-server on ``port``; False if it exited instead (the port is taken)."""
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.directory), *self.extra]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        process = self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, password=self.password or None, socket_timeout=1)
-        wait_until(lambda: self._answers(client), f"redis-server on port {self.port}", 20)
-        client.close()
+        try:
+            wait_until(
+                lambda: process.poll() is not None or self._answers(client),
+                f"redis-server on port {self.port}",
+                20,
+            )
+        finally:
+            client.close()
+        return process.poll() is None
 
     @staticmethod
     def _answers(client: redis.Redis) -> bool:
