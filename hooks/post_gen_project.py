@@ -16,15 +16,21 @@ PACKAGE = ANSWERS["package_name"]
 # The files only one lock backend needs, relative to the project directory. When adding a backend,
 # list its own files here (and an empty list for a backend that has none).
 BACKEND_ONLY_FILES = {
-    "redis": [
-        f"src/{PACKAGE}/coordination/redis_lock.py",
-        "tests/redis_server.py",
-        "tests/test_redis_lock.py",
-    ],
     "file": [
         f"src/{PACKAGE}/coordination/file_lock.py",
+        "tests/backend_file.py",
         "tests/test_file_lock.py",
         "tests/test_shared_volume.py",
+    ],
+    "redis": [
+        f"src/{PACKAGE}/coordination/redis_lock.py",
+        "tests/backend_redis.py",
+        "tests/test_redis_lock.py",
+    ],
+    "postgres": [
+        f"src/{PACKAGE}/coordination/postgres_lock.py",
+        "tests/backend_postgres.py",
+        "tests/test_postgres_lock.py",
     ],
 }
 

@@ -12,7 +12,7 @@ import keyword
 import re
 import sys
 
-ALLOWED_BACKENDS = {"file", "redis"}
+ALLOWED_BACKENDS = {"file", "redis", "postgres"}
 PYTHON_VERSIONS = {"3.11", "3.12", "3.13"}
 MAX_NAME_LENGTH = 40  # longer names push generated lines past the line-length limit
 

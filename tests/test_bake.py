@@ -142,6 +142,16 @@ def test_odd_display_names_bake_into_valid_files(bake: Callable[..., Path]) -> N
     assert result.stdout.strip().endswith("/tmp/cafe_zurich_ops_alerts/primary.lock"), result.stdout
 
 
+def failure_report(output: str) -> str:
+    """What a reader needs from a failed pytest run: which tests failed, the first failure in full and
+    the summary line; not the thousands of log lines the spawned workers wrote."""
+    lines = output.splitlines()
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    first = next((i for i, line in enumerate(lines) if re.match(r"^=+ (FAILURES|ERRORS) =+$", line)), None)
+    detail = lines[first : first + 150] if first is not None else lines[-60:]
+    return "\n".join([*failed, "", *detail, "", *lines[-3:]])
+
+
 @pytest.mark.generated
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("lock_backend", LOCK_BACKENDS)
@@ -152,15 +162,15 @@ def test_generated_test_suite_passes(bake: Callable[..., Path], lock_backend: st
     project = bake(lock_backend=lock_backend)
     assert importlib.util.find_spec("pytest_timeout"), "the generated suite needs pytest-timeout"
     result = run_in_own_session(
-        ["pytest", "-q", "-rs", "-p", "no:cacheprovider"],
+        ["pytest", "-q", "-rfEs", "-p", "no:cacheprovider"],
         project,
         timeout=590,
         PYTHONPATH=str(project / "src"),
         **activated_venv(),
     )
-    tail = "\n".join(result.stdout.splitlines()[-60:])
-    assert result.returncode != 5, f"the generated project ({lock_backend}) has no tests:\n{tail}"
-    assert result.returncode == 0, f"the generated test suite failed ({lock_backend}):\n{tail}"
+    report = failure_report(result.stdout)
+    assert result.returncode != 5, f"the generated project ({lock_backend}) has no tests:\n{report}"
+    assert result.returncode == 0, f"the generated test suite failed ({lock_backend}):\n{report}"
     check_skips(re.findall(r"^SKIPPED \[\d+\] (\S+): (.*)$", result.stdout, re.MULTILINE), lock_backend)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, check, template_choices
+from conftest import BIN, ROOT, check, run, template_choices
 
 COMBINATIONS = [(b, v) for b in template_choices("lock_backend") for v in template_choices("python_version")]
 
@@ -34,20 +33,30 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
         # Every api container mounts the same named volume where the lock file lives.
         assert all("lock-dir:/tmp" in service["volumes"] for service in api.values())
         assert all(service["environment"]["LOCK_PATH"].startswith("/tmp/") for service in api.values())
-    else:
+    elif lock_backend == "redis":
         assert "volumes" not in next(iter(api.values()))
         assert "noeviction" in services["redis"]["command"] and "healthcheck" in services["redis"]
         command = services["redis"]["command"]  # the run ledger and the holder record survive a restart
         assert command[command.index("--appendonly") + 1] == "yes"
         assert all(s["depends_on"]["redis"]["condition"] == "service_healthy" for s in api.values())
+    elif lock_backend == "postgres":
+        assert "volumes" not in next(iter(api.values()))
+        postgres = services["postgres"]
+        assert "healthcheck" in postgres and any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+        assert all(s["depends_on"]["postgres"]["condition"] == "service_healthy" for s in api.values())
+        assert all("@postgres:5432/" in s["environment"]["DATABASE_URL"] for s in api.values())
+    else:
+        pytest.fail(f"no deployment checks for the {lock_backend} backend")
 
     dockerfile = (project / "Dockerfile").read_text()
     assert f"FROM python:{python_version}-slim" in dockerfile
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
     assert 'CMD ["python", "-m", "my_service"]' in dockerfile and "WORKERS=4" in dockerfile
 
-    gunicorn = runpy.run_path(str(project / "gunicorn.conf.py"))
-    assert gunicorn["worker_class"] == "uvicorn_worker.UvicornWorker" and gunicorn["control_socket_disable"]
+    # gunicorn reads its config file with the project importable (it validates the settings first).
+    show = "import runpy; c = runpy.run_path('gunicorn.conf.py'); print(c['worker_class'], c['control_socket_disable'])"
+    result = run([sys.executable, "-c", show], project, PYTHONPATH=str(project / "src"))
+    assert result.stdout.split() == ["uvicorn_worker.UvicornWorker", "True"], result.stdout
 
 
 def test_answers_file_holds_no_machine_paths_and_replays(bake: Callable[..., Path], tmp_path: Path) -> None:

@@ -15,28 +15,21 @@ import subprocess
 import sys
 import threading
 import time
-{%- if cookiecutter.lock_backend == "redis" %}
-import uuid
-{%- endif %}
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-{%- if cookiecutter.lock_backend == "redis" %}
-import redis
-{%- endif %}
 from gunicorn.config import KNOWN_SETTINGS
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Holder, PrimaryLock, make_lock
+from {{ cookiecutter.package_name }}.coordination import Holder, make_lock
 
 from mail_sink import MailSink
-{% if cookiecutter.lock_backend == "redis" -%}
-from redis_server import RedisServer
-{% endif -%}
 from support import DEADLINE, assert_one_primary_at_a_time, free_port, is_alive, wait_until
+
+pytest_plugins = ["contract"]  # the lock backend's fixtures (lock_env, backend_server, ...)
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -46,7 +39,11 @@ ROLE_LINE = re.compile(r"Worker (?:startup|role change): pid=(\d+), primary=(Tru
 
 def service_env(lock_env: dict[str, str], **overrides: str) -> dict[str, str]:
     """The environment of a server under test: the package importable, a private lock, fast retries."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("LOCK_", "REDIS_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LOCK_", "REDIS_", "DATABASE_"))
+    }
     env.update(
         PYTHONPATH=os.pathsep.join([str(PROJECT / "src"), str(TESTS), env.get("PYTHONPATH", "")]),
         PYTHONUNBUFFERED="1",
@@ -73,6 +70,18 @@ def current_holder(lock_env: dict[str, str]) -> Holder | None:
             await lock.close()
 
     return asyncio.run(read())
+
+
+def status_output(lock_env: dict[str, str], **env: str) -> str:
+    """What ``python -m <package>.coordination status`` prints (stdout and stderr) for ``lock_env``."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.coordination", "status"],
+        env=service_env(lock_env, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout + result.stderr
 
 
 class Server:
@@ -244,99 +253,6 @@ def gunicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.a
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         argv.append("--no-control-socket")  # gunicorn >= 25 opens one per user by default
     return [*argv, "--workers", str(workers), *extra]
-
-
-{%- if cookiecutter.lock_backend == "file" %}
-
-
-@pytest.fixture
-def lock_env(tmp_path: Path) -> dict[str, str]:
-    """The lock scope of one test: a private lock file."""
-    return {"LOCK_PATH": str(tmp_path / "scope" / "primary.lock")}
-
-
-async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
-    """Make a new lock the holder while the current holder still believes it holds the lock.
-
-    Someone renames another file over LOCK_PATH (the holder's descriptor still locks the old inode,
-    and it has not checked the path yet), and a second worker locks the new file.
-    """
-    path = settings.lock_path
-    replacement = path.with_name("replacement.lock")
-    replacement.touch(mode=0o600)
-    replacement.rename(path)
-    successor = make_lock(settings)
-    assert await successor.try_acquire()
-    return successor
-
-
-def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
-    """A lock scope that cannot even be attempted: a symbolic link at LOCK_PATH."""
-    link = tmp_path / "link.lock"
-    link.symlink_to(tmp_path / "elsewhere.lock")
-    return {"LOCK_PATH": str(link)}
-
-
-def scope_footprint(lock_env: dict[str, str]) -> list[str]:
-    """What exists of the lock scope of ``lock_env``: the files in the lock file's directory."""
-    directory = Path(lock_env["LOCK_PATH"]).parent
-    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
-
-{%- else %}
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis server of the tests' own, on a free port (never one that happens to be running)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fresh_lock_env(redis_server: RedisServer) -> dict[str, str]:
-    """A lock scope Redis has never heard of: its first holder waits out any lease it cannot know."""
-    redis_server.ensure_running()
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    return {"REDIS_URL": redis_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
-
-
-@pytest.fixture
-def lock_env(redis_server: RedisServer) -> dict[str, str]:
-    """The lock scope of one test: a private key prefix on the tests' Redis server, a short ttl, and
-    a holder record that says its last holder released the lease (a scope in use, not a new one:
-    otherwise every test would start with the first holder's wait)."""
-    redis_server.ensure_running()
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.hset(f"{prefix}:holder", mapping={"state": "released"})
-    return {"REDIS_URL": redis_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
-
-
-async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
-    """Make a new lock the holder while the current holder still believes it holds the lock.
-
-    The lease vanishes (deleted by hand, evicted) before the holder's next renewal, and a second
-    worker takes it.
-    """
-    with redis.Redis.from_url(settings.redis_url) as client:
-        assert client.delete(f"{settings.lock_key_prefix}:primary") == 1
-    successor = make_lock(settings)
-    assert await successor.try_acquire()
-    return successor
-
-
-def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
-    """A lock scope that cannot even be attempted: a Redis that nobody runs."""
-    return {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LOCK_KEY_PREFIX": "unused"}
-
-
-def scope_footprint(lock_env: dict[str, str]) -> list[str]:
-    """What exists of the lock scope of ``lock_env``: its keys (and any key of a derived prefix)."""
-    with redis.Redis.from_url(lock_env["REDIS_URL"], decode_responses=True) as client:
-        return sorted(client.scan_iter(match=f"{lock_env['LOCK_KEY_PREFIX']}*"))
-
-{%- endif %}
 
 
 @pytest.fixture

@@ -29,8 +29,9 @@ def is_alive(pid: int) -> bool:
         return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return True  # no /proc (not Linux): trust kill(0)
+    except (FileNotFoundError, ProcessLookupError):
+        # It exited (and was reaped) since kill(0); or there is no /proc (not Linux): trust kill(0).
+        return not Path("/proc/self/stat").exists()
     return state != "Z"
 
 
@@ -89,3 +90,13 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     command += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
     subprocess.run(command, check=True, capture_output=True)
     return cert, key
+
+
+SENTINEL = "s3ntinel-Pa55#w0rd!"
+"""A secret the tests hand the service (as a password), then search every output for."""
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        where = text.find(secret)
+        assert where < 0, f"the secret {secret!r} was written: {text[max(0, where - 200) : where + 200]}"

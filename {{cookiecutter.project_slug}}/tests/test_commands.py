@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.config import SECRET_SETTINGS, Settings
+from {{ cookiecutter.package_name }}.config import SECRET_SETTINGS
 from {{ cookiecutter.package_name }}.coordination import make_lock
 
 from conftest import (
@@ -20,11 +20,11 @@ from conftest import (
     Server,
     current_holder,
     gunicorn_argv,
-    scope_footprint,
     service_env,
     settings_from,
     uvicorn_argv,
 )
+from contract import BAD_SETTINGS, scope_footprint
 from support import free_port, wait_until
 
 
@@ -94,19 +94,14 @@ def test_demo_needs_two_workers(lock_env: dict[str, str]) -> None:
     assert result.returncode == 2 and "--workers must be at least 2" in result.stderr
 
 
-BAD_SETTINGS = [
-    ("LOCK_RETRY_SECONDS", "soon", "must be a number from 0.05 to 60"),
-    ("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
-    ("LOCK_PATH", "relative/primary.lock", "must be an absolute path"),
-    ("REDIS_URL", "http://localhost:6379", "must be a redis://, rediss:// or unix:// URL"),
-    ("LOCK_TTL_SECONDS", "0.5", "must be a number from 1 to 300"),
-]
+STARTUP_CASES = [("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"), *BAD_SETTINGS]
+"""A setting of the service's own, then each of the lock backend's (variable, value, message)."""
 
 
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
-    [case for case in BAD_SETTINGS if case[0].lower() in Settings.model_fields],  # this backend's
+    STARTUP_CASES,
 )
 def test_bad_setting_stops_the_server_with_one_clear_line(
     lock_env: dict[str, str], kind: str, variable: str, value: str, message: str
@@ -160,7 +155,7 @@ def launcher(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess
 
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
-    [case for case in BAD_SETTINGS if case[0].lower() in Settings.model_fields],  # this backend's
+    STARTUP_CASES,
 )
 def test_launcher_refuses_a_bad_setting_with_exit_3_before_any_worker_starts(
     lock_env: dict[str, str], variable: str, value: str, message: str

@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }}.config import (
 )
 
 from conftest import PROJECT
+from contract import BAD_SETTINGS
 
 VARIABLES = sorted(name.upper() for name in Settings.model_fields)
 
@@ -45,14 +46,6 @@ BAD_VALUES = [
     ("HOST", "", "invalid setting HOST='': String should have at least 1 character"),
     ("PORT", "http", "invalid setting PORT='http': must be a whole number from 1 to 65535"),
     ("WORKERS", "0", "invalid setting WORKERS='0': must be a whole number from 1 to 256"),
-    ("LOCK_RETRY_SECONDS", "0", "invalid setting LOCK_RETRY_SECONDS='0': must be a number from 0.05 to 60"),
-    ("LOCK_RETRY_SECONDS", "1e-9", "invalid setting LOCK_RETRY_SECONDS='1e-9': must be a number from 0.05"),
-    ("LOCK_PATH", "primary.lock", "invalid setting LOCK_PATH='primary.lock': must be an absolute path"),
-    ("LOCK_PATH", "/tmp/../etc/x.lock", "invalid setting LOCK_PATH='/tmp/../etc/x.lock': must name a file"),
-    ("REDIS_URL", "redis://:pw@host:port", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
-    ("REDIS_URL", "redis://h/0?socket_timeout=abc", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
-    ("LOCK_KEY_PREFIX", "", "invalid setting LOCK_KEY_PREFIX='': String should have at least 1 character"),
-    ("LOCK_TTL_SECONDS", "nan", "invalid setting LOCK_TTL_SECONDS='nan': must be a number from 1 to 300"),
     ("LOG_LEVEL", "LOUD", "invalid setting LOG_LEVEL='LOUD': Input should be 'DEBUG', 'INFO', 'WARNING'"),
     ("EMAIL_BACKEND", "pigeon", "invalid setting EMAIL_BACKEND='pigeon': Input should be 'console' or"),
     ("EMAIL_FROM", "me", "invalid setting EMAIL_FROM='me': 'me' is not an e-mail address"),
@@ -71,18 +64,16 @@ BAD_VALUES = [
     ("ALERT_MAX_PER_HOUR", "0", "invalid setting ALERT_MAX_PER_HOUR='0': must be a whole number from 1"),
 ]
 ANY_VALUE_IS_FINE = {"SMTP_USERNAME": "any text; empty for none", "SMTP_PASSWORD": "any text"}
+CASES = [*BAD_VALUES, *BAD_SETTINGS]  # the service's, then the lock backend's own
 
 
 def test_every_setting_has_a_bad_value_case() -> None:
     """A new setting must come with a case here (or a reason why no value of it can be wrong)."""
-    covered = {variable for variable, _, _ in BAD_VALUES} | set(ANY_VALUE_IS_FINE)
+    covered = {variable for variable, _, _ in CASES} | set(ANY_VALUE_IS_FINE)
     assert set(VARIABLES) - covered == set()
 
 
-@pytest.mark.parametrize(
-    ("variable", "value", "expected"),
-    [case for case in BAD_VALUES if case[0].lower() in Settings.model_fields],  # this backend's
-)
+@pytest.mark.parametrize(("variable", "value", "expected"), CASES)
 def test_a_bad_value_is_one_line_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
 ) -> None:
@@ -125,18 +116,3 @@ def test_an_smtp_password_is_refused_without_tls(monkeypatch: pytest.MonkeyPatch
     assert "secret" not in str(error.value)
     monkeypatch.setenv("SMTP_TLS", "auto")
     assert load_settings().smtp_tls == "auto"
-{%- if cookiecutter.lock_backend == "redis" %}
-
-
-def test_retry_must_fit_into_the_lease_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCK_TTL_SECONDS", "4")
-    monkeypatch.setenv("LOCK_RETRY_SECONDS", "2.5")
-    with pytest.raises(ConfigError) as error:
-        load_settings()
-    assert str(error.value) == (
-        "invalid setting LOCK_RETRY_SECONDS=2.5: must be at most half of LOCK_TTL_SECONDS (4), so that "
-        "a standby tries several times within one lease"
-    )
-    monkeypatch.setenv("LOCK_RETRY_SECONDS", "2")
-    assert load_settings().lock_retry_seconds == 2
-{%- endif %}

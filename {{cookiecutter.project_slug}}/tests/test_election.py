@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.coordination import Election, is_primary_worker, make_lock
+from {{ cookiecutter.package_name }}.coordination import (
+    Election,
+    is_primary_worker,
+    make_lock,
+)
 from {{ cookiecutter.package_name }}.coordination import election as election_module
 
-from conftest import settings_from, unusable_lock_env
+from conftest import settings_from
+from contract import unusable_lock_env
 from support import eventually, run_scenario
 
 

@@ -433,7 +433,7 @@ def test_a_planted_run_ledger_is_refused(lock_path: Path, plant: Callable[[Path]
         ledger = lock.run_ledger()
         assert isinstance(ledger, FileRunLedger) and ledger.path == ledger_path
         with pytest.raises(LockError) as error:
-            await ledger.claim("report:20260101T070000Z")
+            await ledger.claim("report", "20260101T070000Z")
         assert f"the run ledger {ledger_path} {problem}" in str(error.value)
         await lock.release()
 
@@ -522,8 +522,8 @@ def test_each_lock_file_has_a_ledger_of_its_own(lock_path: Path) -> None:
             FileLock(lock_path.with_name("staging.lock")),
         )
         assert await prod.try_acquire() and await staging.try_acquire()
-        await prod.run_ledger().finish("report:20260101T070000Z")
-        assert await staging.run_ledger().claim("report:20260101T070000Z") == "claimed"
+        await prod.run_ledger().finish("report", "20260101T070000Z")
+        assert await staging.run_ledger().claim("report", "20260101T070000Z") == "claimed"
         await prod.release()
         await staging.release()
 

@@ -1,6 +1,6 @@
 """The Redis lease: one primary across instances, fast hand-over, self-demotion, fencing, faults.
 
-Every test runs against a redis-server that the tests started themselves (``redis_server.py``);
+Every test runs against a redis-server that the tests started themselves (``backend_redis.py``);
 the fault tests kill, pause and restart it. The tests use a 3 s lease (``LOCK_TTL_SECONDS=3``).
 """
 
@@ -20,19 +20,28 @@ from collections.abc import Callable
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
 
-from {{ cookiecutter.package_name }}.config import MAX_LOCK_TTL_SECONDS, Settings
-from {{ cookiecutter.package_name }}.coordination import Election, LockError, is_primary_worker, make_lock
+from {{ cookiecutter.package_name }}.config import Settings
+from {{ cookiecutter.package_name }}.coordination import (
+    Election,
+    LockError,
+    is_primary_worker,
+    make_lock,
+)
+from {{ cookiecutter.package_name }}.coordination.lease import MAX_LEASE_SECONDS
 from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock
 from {{ cookiecutter.package_name }}.redaction import mask_url
 
-from conftest import PACKAGE, Server, current_holder, service_env, settings_from
+from backend_redis import RedisServer, redis_server_binaries, tls_capable_binary
+from conftest import PACKAGE, Server, current_holder, service_env, settings_from, status_output
 from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env
-from redis_server import RedisServer, redis_server_binaries, tls_capable_binary
 from support import (
+    SENTINEL,
+    assert_no_secret,
     assert_one_primary_at_a_time,
     eventually,
     free_port,
@@ -111,24 +120,24 @@ def test_graceful_stop_hands_over_in_under_a_second(start_server: Callable[..., 
 
 
 def test_redis_down_demotes_the_primary_and_nobody_is_primary_until_it_is_back(
-    start_server: Callable[..., Server], redis_server: RedisServer
+    start_server: Callable[..., Server], backend_server: RedisServer
 ) -> None:
     first, second = both_instances(start_server)
     primary = single_primary(first, second)
     owner = first if primary in first.worker_pids() else second
 
-    redis_server.kill()
+    backend_server.kill()
     killed_at = time.monotonic()
 
     owner.wait_for_log(rf"Worker role change: pid={primary}, primary=False", timeout=TTL + SLACK)
     assert owner.event_time(primary, False) - killed_at <= TTL  # before the lease could expire
     for server in (first, second):
-        server.wait_for_log(rf"ERROR .*cannot reach Redis.*127\.0\.0\.1:{redis_server.port}")
+        server.wait_for_log(rf"ERROR .*cannot reach Redis.*127\.0\.0\.1:{backend_server.port}")
         answer = server.get("/health/worker").json()  # still serving
         assert answer["role"] == "standby" and answer["lock_error"]
     assert primaries(first, second) == set()
 
-    redis_server.start()  # same port, empty: the old lease is gone for good
+    backend_server.start()  # same port, empty: the old lease is gone for good
 
     single_primary(first, second)
     for server in (first, second):
@@ -353,13 +362,13 @@ def test_cancelling_a_renewing_primary_always_stops_it(lock_env: dict[str, str])
 
 
 def test_a_quick_redis_restart_that_loses_the_lease_never_makes_two_primaries(
-    start_server: Callable[..., Server], redis_server: RedisServer
+    start_server: Callable[..., Server], backend_server: RedisServer
 ) -> None:
     first, second = both_instances(start_server)
     old_primary = single_primary(first, second)
 
-    redis_server.kill()  # no persistence: the lease, the epoch and the holder are gone
-    redis_server.start()  # back at once, before the old primary's lease could have expired
+    backend_server.kill()  # no persistence: the lease, the epoch and the holder are gone
+    backend_server.start()  # back at once, before the old primary's lease could have expired
 
     owner = first if old_primary in first.worker_pids() else second
     owner.wait_for_log(rf"Worker role change: pid={old_primary}, primary=False", timeout=TTL + SLACK)
@@ -391,12 +400,12 @@ def owner_of(pid: int, *servers: Server) -> Server:
 
 @pytest.mark.parametrize("how", ["DEL", "FLUSHDB"])
 def test_a_lease_that_vanishes_under_a_live_primary_never_makes_two_primaries(
-    start_server: Callable[..., Server], redis_server: RedisServer, lock_env: dict[str, str], how: str
+    start_server: Callable[..., Server], backend_server: RedisServer, lock_env: dict[str, str], how: str
 ) -> None:
     first, second = both_instances(start_server)
     old_primary = single_primary(first, second)
     owner = owner_of(old_primary, first, second)
-    client = redis.Redis(port=redis_server.port)
+    client = redis.Redis(port=backend_server.port)
 
     # Pause the primary across the deletion, so that it cannot notice at once: the worst case.
     os.kill(old_primary, signal.SIGSTOP)
@@ -419,7 +428,7 @@ def test_a_lease_that_vanishes_under_a_live_primary_never_makes_two_primaries(
 
 
 def test_instances_with_different_ttls_never_overlap_when_redis_restarts_empty(
-    start_server: Callable[..., Server], redis_server: RedisServer
+    start_server: Callable[..., Server], backend_server: RedisServer
 ) -> None:
     long_lease = start_server("uvicorn", workers=2, env={"LOCK_TTL_SECONDS": "12"})
     old_primary = long_lease.wait_for_primary(timeout=15)
@@ -429,8 +438,8 @@ def test_instances_with_different_ttls_never_overlap_when_redis_restarts_empty(
 
     os.kill(old_primary, signal.SIGSTOP)  # the holder cannot notice the restart at once
     try:
-        redis_server.kill()  # no persistence: lease, record and epoch are gone
-        redis_server.start()
+        backend_server.kill()  # no persistence: lease, record and epoch are gone
+        backend_server.start()
         time.sleep(3.0)  # longer than the short lease, shorter than the long one
     finally:
         os.kill(old_primary, signal.SIGCONT)
@@ -446,7 +455,9 @@ def test_the_takeover_wait_is_visible_in_logs_health_and_status(
     # A fresh prefix: Redis has no record of any previous holder, so the winner waits its lease out.
     lock_env = fresh_lock_env
     server = start_server("uvicorn", workers=2, env={**lock_env, "LOCK_TTL_SECONDS": "6"})
-    line = server.wait_for_log(r"Won the primary lease \(epoch 1\), but Redis has no record")
+    line = server.wait_for_log(
+        r"Won the primary lease \(epoch 1\), but there is no record of a previous holder"
+    )
     assert "waiting 4.0 s before starting singleton work" in line
     assert server.primaries() == set()  # every worker logged primary=False at start-up
 
@@ -553,7 +564,7 @@ def test_a_holder_that_stops_or_dies_while_waiting_passes_its_wait_on(lock_env: 
 
 
 def test_a_primary_notices_a_lost_lease_within_half_a_second(
-    lock_env: dict[str, str], redis_server: RedisServer
+    lock_env: dict[str, str], backend_server: RedisServer
 ) -> None:
     """Whatever its ttl: an instance started after Redis lost its data knows no longer lease than its
     own, and waits only that (here 1.3 s) before it starts singleton work."""
@@ -591,22 +602,22 @@ def test_the_one_shot_api_holds_the_lease_through_its_takeover_wait(fresh_lock_e
 
 
 def test_no_renewal_runs_past_the_deadline_whatever_the_socket_timeout(
-    lock_env: dict[str, str], redis_server: RedisServer
+    lock_env: dict[str, str], backend_server: RedisServer
 ) -> None:
-    settings = settings_from({**lock_env, "REDIS_URL": f"{redis_server.url}?socket_timeout=20"})
+    settings = settings_from({**lock_env, "REDIS_URL": f"{backend_server.url}?socket_timeout=20"})
 
     async def scenario() -> None:
         lock = redis_lock(settings)
         await warm(lock)
         holding = asyncio.create_task(lock.hold())
-        redis_server.pause()  # a renewal now hangs until its socket timeout (20 s)
+        backend_server.pause()  # a renewal now hangs until its socket timeout (20 s)
         try:
             started = time.monotonic()
             with pytest.raises(LockError, match="was not renewed"):
                 await asyncio.wait_for(holding, TTL + SLACK)
             assert time.monotonic() - started <= TTL - 1 + 0.5  # at the deadline (ttl - margin)
         finally:
-            redis_server.resume()
+            backend_server.resume()
         await lock.close()
 
     run_scenario(scenario)
@@ -622,10 +633,10 @@ def test_keys_garbled_by_hand_are_repaired_not_obeyed_for_ever(
         first = redis_lock(settings)
         await warm(first)
         await first.client.delete(f"{prefix}:epoch")  # the fencing token, gone
-        assert await first.run_ledger().claim("report:20260101T070000Z") == "fenced"
+        assert await first.run_ledger().claim("report", "20260101T070000Z") == "fenced"
         holding = asyncio.create_task(first.hold())
         await asyncio.sleep(0.6)  # a renewal puts its epoch back
-        assert await first.run_ledger().claim("report:20260101T070000Z") == "claimed"
+        assert await first.run_ledger().claim("report", "20260101T070000Z") == "claimed"
         holding.cancel()
         await first.close()
 
@@ -652,7 +663,7 @@ def test_keys_garbled_by_hand_are_repaired_not_obeyed_for_ever(
         await client.delete(f"{prefix}:primary")
         fourth = redis_lock(settings)
         assert await fourth.try_acquire()
-        assert fourth.takeover_delay() <= MAX_LOCK_TTL_SECONDS  # a wait of ages is capped
+        assert fourth.takeover_delay() <= MAX_LEASE_SECONDS  # a wait of ages is capped
         await third.close()
         await fourth.close()
         await client.aclose()
@@ -661,3 +672,97 @@ def test_keys_garbled_by_hand_are_repaired_not_obeyed_for_ever(
         run_scenario(scenario)
     assert "held no number (edited by hand?)" in caplog.text
     assert "had no expiry (set by hand?)" in caplog.text
+
+
+# -- Secrets: the password of REDIS_URL, in every form redis-py accepts, in no output --------------
+
+
+def url_forms(port: int, socket: Path) -> dict[str, str]:
+    """Every way REDIS_URL can carry the password (redis-py reads the user part and the query)."""
+    return {
+        "user-part": f"redis://:{quote(SENTINEL, safe='')}@127.0.0.1:{port}/0",
+        "user-and-password": f"redis://default:{quote(SENTINEL, safe='')}@127.0.0.1:{port}/0",
+        "query": f"redis://127.0.0.1:{port}/0?password={quote(SENTINEL, safe='')}",
+        "unix-socket-query": f"unix://{socket}?db=0&password={quote(SENTINEL, safe='')}",
+        # A password written where the user name goes: redis-py takes it for a user name (and Redis
+        # refuses it), but it is a secret all the same.
+        "password-as-user": f"redis://{quote(SENTINEL, safe='')}@127.0.0.1:{port}/0",
+    }
+
+
+SECRET_FORMS = [SENTINEL, quote(SENTINEL, safe="")]  # as typed, and percent-encoded in the URL
+
+
+@pytest.mark.parametrize("form", ["user-part", "user-and-password", "query", "unix-socket-query"])
+def test_the_redis_password_is_in_no_output_in_any_url_form(
+    start_server: Callable[..., Server], lock_env: dict[str, str], tmp_path: Path, form: str
+) -> None:
+    own_redis = RedisServer(tmp_path, password=SENTINEL, unix_socket=True)
+    try:
+        assert own_redis.socket is not None
+        url = url_forms(own_redis.port, own_redis.socket)[form]
+        env = {"REDIS_URL": url, "ALERT_RECIPIENTS": "oncall@example.com", "ALERT_DIGEST_SECONDS": "1"}
+        server = start_server("uvicorn", workers=2, env=env, app="apps:noisy_app", extra=("--factory",))
+
+        server.wait_for_primary()  # the form is accepted: the password reached Redis
+        assert server.get("/leak").status_code == 200
+        server.wait_for_log(r"Careless traceback")
+        server.wait_for_log(r"E-mail \(console backend, not sent\)")  # the digest, written to the log
+        holder_output = status_output(lock_env, REDIS_URL=url)
+        assert "primary: pid=" in holder_output and "***" in holder_output
+
+        own_redis.stop()  # now every worker reports the unreachable Redis, URL included
+        server.wait_for_log(r"ERROR .*cannot reach Redis")
+        output = server.output() + server.get("/health/worker").text + status_output(lock_env, REDIS_URL=url)
+        assert_no_secret(output + holder_output, *SECRET_FORMS)
+        assert "Careless log line: ***" in output
+    finally:
+        own_redis.stop()
+
+
+def test_a_password_written_as_the_user_name_is_not_shown(
+    start_server: Callable[..., Server], lock_env: dict[str, str], tmp_path: Path
+) -> None:
+    own_redis = RedisServer(tmp_path, password=SENTINEL, unix_socket=True)
+    try:
+        assert own_redis.socket is not None
+        url = url_forms(own_redis.port, own_redis.socket)["password-as-user"]
+        server = start_server("uvicorn", workers=2, env={"REDIS_URL": url})
+        line = server.wait_for_log(r"ERROR .*Primary lock unavailable")
+        assert "redis://***@127.0.0.1" in line
+        output = server.output() + server.get("/health/worker").text + status_output(lock_env, REDIS_URL=url)
+        assert_no_secret(output, *SECRET_FORMS)
+    finally:
+        own_redis.stop()
+
+
+def test_a_wrong_redis_password_keeps_every_worker_standby_and_is_not_shown(
+    start_server: Callable[..., Server], lock_env: dict[str, str], tmp_path: Path
+) -> None:
+    own_redis = RedisServer(tmp_path, password="the-right-one")
+    try:
+        url = f"redis://:{quote(SENTINEL, safe='')}@127.0.0.1:{own_redis.port}/0"
+        server = start_server("uvicorn", workers=2, env={"REDIS_URL": url})
+
+        line = server.wait_for_log(r"ERROR .*Primary lock unavailable.*Redis refused the credentials")
+        assert "redis://:***@127.0.0.1" in line
+        assert server.primaries() == set()
+        answer = server.get("/health/worker").json()
+        assert answer["role"] == "standby" and answer["lock_error"]
+        output = server.output() + str(answer) + status_output(lock_env, REDIS_URL=url)
+        assert_no_secret(output, *SECRET_FORMS)
+    finally:
+        own_redis.stop()
+
+
+def test_a_bad_redis_url_is_refused_without_showing_it(lock_env: dict[str, str]) -> None:
+    url = f"http://:{SENTINEL}@127.0.0.1:6379/0"
+    result = subprocess.run(
+        [sys.executable, "-m", PACKAGE],
+        env=service_env(lock_env, REDIS_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3 and "invalid setting REDIS_URL=<hidden>" in result.stderr
+    assert_no_secret(result.stdout + result.stderr, *SECRET_FORMS)

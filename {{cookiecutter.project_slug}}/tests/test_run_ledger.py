@@ -16,7 +16,8 @@ from {{ cookiecutter.package_name }}.notifications.reports import (
     ReportSender,
 )
 
-from conftest import settings_from, take_over_behind_its_back
+from conftest import settings_from
+from contract import take_over_behind_its_back
 from support import run_scenario
 
 
@@ -27,23 +28,23 @@ def test_a_period_is_claimed_once_and_only_by_the_current_primary(lock_env: dict
         first, second = make_lock(settings), make_lock(settings)
         assert await first.try_acquire()
         ledger = first.run_ledger()
-        assert await ledger.claim("report:20260101T070000Z") == "claimed"
+        assert await ledger.claim("report", "20260101T070000Z") == "claimed"
         # Claimed again by the same primary (its reply was lost, or a failure could not give it
         # back): its own to do again.
-        assert await ledger.claim("report:20260101T070000Z") == "claimed"
-        assert await ledger.claim("report:20260102T070000Z") == "claimed"
-        await ledger.finish("report:20260102T070000Z")
-        assert await ledger.claim("report:20260102T070000Z") == "done"
-        assert await ledger.latest_finished("report:") == "report:20260102T070000Z"
+        assert await ledger.claim("report", "20260101T070000Z") == "claimed"
+        assert await ledger.claim("report", "20260102T070000Z") == "claimed"
+        await ledger.finish("report", "20260102T070000Z")
+        assert await ledger.claim("report", "20260102T070000Z") == "done"
+        assert await ledger.last_done("report") == "20260102T070000Z"
 
         await first.release()  # as if it died in mid-send of the 1 January report
-        assert await ledger.claim("report:20260103T070000Z") == "fenced"  # deposed
+        assert await ledger.claim("report", "20260103T070000Z") == "fenced"  # deposed
         assert await second.try_acquire()
         successor = second.run_ledger()
-        assert await successor.claim("report:20260101T070000Z") == "claimed"  # unfinished: redone
-        assert await successor.claim("report:20260102T070000Z") == "done"  # never again
-        await successor.abandon("report:20260101T070000Z")  # a failed send gives the claim back
-        assert await successor.claim("report:20260101T070000Z") == "claimed"
+        assert await successor.claim("report", "20260101T070000Z") == "claimed"  # unfinished: redone
+        assert await successor.claim("report", "20260102T070000Z") == "done"  # never again
+        await successor.abandon("report", "20260101T070000Z")  # a failed send gives the claim back
+        assert await successor.claim("report", "20260101T070000Z") == "claimed"
         await first.close()
         await second.close()
 
@@ -59,18 +60,18 @@ def test_a_deposed_holder_that_still_believes_it_holds_the_lock_is_fenced_out(
         deposed = make_lock(settings)
         assert await deposed.try_acquire()
         ledger = deposed.run_ledger()
-        assert await ledger.claim("report:20260101T070000Z") == "claimed"  # then the holder is deposed
+        assert await ledger.claim("report", "20260101T070000Z") == "claimed"  # then the holder is deposed
 
         successor = await take_over_behind_its_back(settings)
 
         assert deposed.is_held()  # by its own reckoning it is still primary: only the fence stops it
-        assert await ledger.claim("report:20260102T070000Z") == "fenced"
+        assert await ledger.claim("report", "20260102T070000Z") == "fenced"
         successors = successor.run_ledger()
-        assert await successors.claim("report:20260102T070000Z") == "claimed"
-        assert await successors.claim("report:20260101T070000Z") == "claimed"  # unfinished: redone
-        await successors.finish("report:20260101T070000Z")
-        assert await ledger.claim("report:20260101T070000Z") == "fenced"
-        assert await successors.latest_finished("report:") == "report:20260101T070000Z"
+        assert await successors.claim("report", "20260102T070000Z") == "claimed"
+        assert await successors.claim("report", "20260101T070000Z") == "claimed"  # unfinished: redone
+        await successors.finish("report", "20260101T070000Z")
+        assert await ledger.claim("report", "20260101T070000Z") == "fenced"
+        assert await successors.last_done("report") == "20260101T070000Z"
         await deposed.close()
         await successor.close()
 
@@ -89,9 +90,9 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
         await election.start()
         now = datetime.now(UTC).replace(microsecond=0)
         ledger = election.lock.run_ledger()
-        last_sent = f"report:{(now - timedelta(seconds=60)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim(last_sent) == "claimed"
-        await ledger.finish(last_sent)
+        last_sent = f"{(now - timedelta(seconds=60)).strftime(PERIOD_FORMAT)}"
+        assert await ledger.claim("report", last_sent) == "claimed"
+        await ledger.finish("report", last_sent)
 
         due = await ReportSender(settings, election, Mailer(settings)).due_periods(now)
 
@@ -144,9 +145,9 @@ def test_a_report_marked_sent_in_the_future_is_ignored_with_an_error(
         sender = ReportSender(settings, election, Mailer(settings))
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         ledger = election.lock.run_ledger()
-        tomorrow = f"report:{(now + timedelta(days=1)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim(tomorrow) == "claimed"  # a primary whose clock was a day ahead
-        await ledger.finish(tomorrow)
+        tomorrow = f"{(now + timedelta(days=1)).strftime(PERIOD_FORMAT)}"
+        assert await ledger.claim("report", tomorrow) == "claimed"  # a primary whose clock was a day ahead
+        await ledger.finish("report", tomorrow)
 
         assert await sender.due_periods(now)  # reports go on, instead of waiting for tomorrow
         await election.stop()
@@ -165,9 +166,9 @@ def test_with_no_catch_up_the_current_period_is_still_sent(lock_env: dict[str, s
         sender = ReportSender(settings, election, Mailer(settings))
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         ledger = election.lock.run_ledger()
-        last = f"report:{(now - timedelta(seconds=10)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim(last) == "claimed"
-        await ledger.finish(last)
+        last = f"{(now - timedelta(seconds=10)).strftime(PERIOD_FORMAT)}"
+        assert await ledger.claim("report", last) == "claimed"
+        await ledger.finish("report", last)
 
         # The run starts a moment after its period: that period is the current one, not a missed one.
         due = await sender.due_periods(now + timedelta(milliseconds=300))

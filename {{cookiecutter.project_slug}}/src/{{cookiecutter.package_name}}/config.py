@@ -9,29 +9,18 @@ The generated README and ``.env.example`` list them all with their defaults. Eve
 from __future__ import annotations
 
 import re
-{% if cookiecutter.lock_backend == "file" -%}
-from pathlib import Path
-{% endif -%}
 from typing import Any, Literal, Self
-{% if cookiecutter.lock_backend == "redis" -%}
-from urllib.parse import urlsplit
-{% endif -%}
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from annotated_types import Ge, Gt, Le
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-{%- if cookiecutter.lock_backend == "redis" %}
-from redis.asyncio.connection import parse_url
 
-from .redaction import url_secrets
-{%- endif %}
+from .coordination.backend import SECRET_SETTINGS as BACKEND_SECRET_SETTINGS
+from .coordination.backend import BackendSettings
 
-LOCK_PATH_EXAMPLE = f"/tmp/{__name__.partition('.')[0]}/primary.lock"
-MAX_LOCK_TTL_SECONDS = 300
-"""The longest lease a holder may have (LOCK_TTL_SECONDS): no takeover wait is ever longer."""
-SECRET_SETTINGS = {"REDIS_URL", "SMTP_PASSWORD"}
+SECRET_SETTINGS = {"SMTP_PASSWORD", *BACKEND_SECRET_SETTINGS}
 """Settings whose value may hold a password: never repeated in an error message."""
 
 
@@ -39,8 +28,12 @@ class ConfigError(Exception):
     """A setting has a value the service cannot run with; the message is one line naming it."""
 
 
-class Settings(BaseSettings):
-    """The service's settings; a bad value stops the service at start with one clear line."""
+class Settings(BackendSettings, BaseSettings):
+    """The service's settings; a bad value stops the service at start with one clear line.
+
+    The lock backend's own settings (``LOCK_PATH``, ``REDIS_URL``, ``DATABASE_URL``, ...) come from
+    ``BackendSettings``, defined in the backend's module.
+    """
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", allow_inf_nan=False
@@ -52,23 +45,6 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=4, ge=1, le=256)
     """Worker processes the launcher starts; each serves HTTP, one of them is the primary."""
-
-    # -- the primary lock -------------------------------------------------------------------------
-{%- if cookiecutter.lock_backend == "file" %}
-    lock_path: Path = Path({{ cookiecutter.lock_path | tojson }})
-    """The lock file every worker (and every container sharing the volume) competes for. Its
-    directory must belong to the service's user and be writable by nobody else; the service creates
-    it (mode 0700) when missing."""
-{%- elif cookiecutter.lock_backend == "redis" %}
-    redis_url: str = "redis://localhost:6379/0"
-    """The Redis shared by every worker of every instance; may carry a password; rediss:// for TLS."""
-    lock_key_prefix: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1)
-    """Prefix of the service's Redis keys, so that several services can share one Redis."""
-    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=MAX_LOCK_TTL_SECONDS)
-    """Lifetime of the primary's lease: a crashed primary is replaced within this plus the retry."""
-{%- endif %}
-    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
-    """How often standbys retry; after a lock error the delay doubles up to 10 s."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # -- e-mail -----------------------------------------------------------------------------------
@@ -138,51 +114,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold, in each form it may appear in, for log redaction."""
-        secrets = [self.smtp_password.get_secret_value()]
-{%- if cookiecutter.lock_backend == "redis" %}
-        secrets += url_secrets(self.redis_url)
-{%- endif %}
+        secrets = [self.smtp_password.get_secret_value(), *self.backend_secrets()]
         return [secret for secret in secrets if secret]
-{%- if cookiecutter.lock_backend == "file" %}
-
-    @field_validator("lock_path")
-    @classmethod
-    def _lock_path(cls, path: Path) -> Path:
-        # A relative path would name a different file for workers started in different directories.
-        if not path.is_absolute():
-            raise ValueError(f"must be an absolute path, e.g. {LOCK_PATH_EXAMPLE}")
-        if ".." in path.parts or path.name in ("", "..", "."):
-            raise ValueError(f"must name a file without '..' segments, e.g. {LOCK_PATH_EXAMPLE}")
-        return path
-{%- elif cookiecutter.lock_backend == "redis" %}
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        try:
-            valid = parts.scheme == "unix" or (parts.scheme in ("redis", "rediss") and parts.hostname)
-            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-            parse_url(url)  # what redis-py will make of it, query parameters included
-        except ValueError:
-            valid = False
-        if not valid:
-            raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL that redis-py accepts, "
-                "e.g. redis://:password@redis:6379/0"
-            )
-        return url
-
-    @model_validator(mode="after")
-    def _retry_within_the_lease(self) -> Self:
-        if self.lock_retry_seconds > self.lock_ttl_seconds / 2:
-            raise ValueError(
-                f"LOCK_RETRY_SECONDS={self.lock_retry_seconds:g}: must be at most half of "
-                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds:g}), so that a standby tries several times "
-                "within one lease"
-            )
-        return self
-{%- endif %}
 
 
 EMAIL_ADDRESS = re.compile(r"[^@\s,<>]+@[^@\s,<>]+")

@@ -1,20 +1,20 @@
 """Primary-worker election: exactly one worker runs the singleton services, every worker serves HTTP.
 
-Start with ``election.py`` (the loop every worker runs), then the lock it campaigns for.
+Start with ``election.py`` (the loop every worker runs), then the lock it campaigns for (the module
+that ``backend.py`` names).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from ..config import Settings, load_settings
+from .backend import make_lock
 from .base import Holder, LockError, PrimaryLock
 from .election import Election, SingletonService, hold_through_takeover
-{%- if cookiecutter.lock_backend == "file" %}
-from .file_lock import FileLock, demo_scope
-{%- elif cookiecutter.lock_backend == "redis" %}
-from .redis_lock import RedisLock, demo_scope
-{%- endif %}
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = [
     "Election",
@@ -22,26 +22,11 @@ __all__ = [
     "LockError",
     "PrimaryLock",
     "SingletonService",
-    "demo_scope",
     "is_primary_worker",
     "make_lock",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def make_lock(settings: Settings) -> PrimaryLock:
-    """The primary lock chosen when this project was generated."""
-{%- if cookiecutter.lock_backend == "file" %}
-    return FileLock(settings.lock_path)
-{%- elif cookiecutter.lock_backend == "redis" %}
-    return RedisLock(
-        settings.redis_url,
-        settings.lock_key_prefix,
-        ttl=settings.lock_ttl_seconds,
-        retry_seconds=settings.lock_retry_seconds,
-    )
-{%- endif %}
 
 
 async def is_primary_worker(settings: Settings | None = None) -> tuple[bool, PrimaryLock | None]:
@@ -52,7 +37,11 @@ async def is_primary_worker(settings: Settings | None = None) -> tuple[bool, Pri
     loses stays secondary; the service itself uses ``Election``. When the lock cannot even be
     attempted the answer is ``False``: a broken lock must never make everybody primary.
     """
-    lock = make_lock(settings or load_settings())
+    if settings is None:
+        from ..config import load_settings  # here, not above: config.py imports this package
+
+        settings = load_settings()
+    lock = make_lock(settings)
     try:
         # Renewed through the takeover wait (see PrimaryLock.takeover_delay; usually none), so that
         # the answer is still true when it is given.

@@ -59,26 +59,30 @@ worker is no longer the primary (or a newer primary has claimed it)."""
 
 
 class RunLedger(Protocol):
-    """Which one-off runs (a report period) are done, shared by every primary of the lock scope.
+    """Which runs of singleton work are done, shared by every primary of the lock scope.
 
-    Claims are fenced: only the current primary can claim, so a deposed primary cannot run a period
-    again, and a period is claimed at most once per epoch.
+    A run is one ``period`` of one ``job``: a report's "20261128T070000Z", a start-up task's
+    version. Claims are fenced: only the current primary can claim, so a deposed primary, even one
+    that does not know it yet, cannot run a period again.
     """
 
-    async def claim(self, run_id: str) -> Claim:
-        """May this primary do ``run_id`` now? "claimed" if nobody did it yet, or a previous primary
+    async def claim(self, job: str, period: str) -> Claim:
+        """May this primary do this run now? "claimed" if nobody did it yet, or a previous primary
         claimed it and died before finishing (then it is done again, which is why a report's
         Message-ID is derived from its period), or this primary claimed it before and could not
         finish; "done" if it is done; "fenced" if this worker is not the primary any more."""
 
-    async def finish(self, run_id: str) -> None:
-        """Record that ``run_id`` is done: nobody will claim it again."""
+    async def finish(self, job: str, period: str) -> None:
+        """Record that the run is done: nobody will claim it again."""
 
-    async def abandon(self, run_id: str) -> None:
+    async def abandon(self, job: str, period: str) -> None:
         """Give a claim back after a failure, so that a later attempt may claim it again."""
 
-    async def latest_finished(self, prefix: str) -> str | None:
-        """The greatest finished run id starting with ``prefix`` (run ids sort by time)."""
+    async def last_done(self, job: str) -> str | None:
+        """The greatest period of ``job`` that is done (periods of one job sort by time), if any."""
+
+    async def is_done(self, job: str, period: str) -> bool:
+        """Whether the run is done (read by any worker: a standby asks whether a start-up task is)."""
 
     async def created_at(self) -> float:
         """When the ledger was created (Unix time): it knows nothing of the runs before. A ledger

