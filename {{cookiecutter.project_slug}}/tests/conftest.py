@@ -247,6 +247,22 @@ def uvicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.ap
     return [*argv, "--workers", str(workers), *extra]
 
 
+def launcher_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.api:app") -> list[str]:
+    """``python -m <package>``: uvicorn with the settings checked first (it always serves ``app``)."""
+    assert app == f"{PACKAGE}.api:app" and not extra, "the launcher takes no other app or flags"
+    return [
+        sys.executable,
+        "-m",
+        PACKAGE,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
 def gunicorn_argv(port: int, workers: int, *extra: str, app: str = f"{PACKAGE}.api:app") -> list[str]:
     argv = [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}"]
     argv += ["--worker-class", "uvicorn_worker.UvicornWorker", "--graceful-timeout", "20"]
@@ -269,7 +285,7 @@ def start_server(lock_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
         app: str = f"{PACKAGE}.api:app",
         wait: bool = True,
     ) -> Server:
-        build = uvicorn_argv if kind == "uvicorn" else gunicorn_argv
+        build = {"uvicorn": uvicorn_argv, "gunicorn": gunicorn_argv, "launcher": launcher_argv}[kind]
         for _ in range(3):  # another process may take the free port before the server binds it
             port = free_port()
             server = Server(

@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("PORT", "http", "invalid setting PORT='http': must be a whole number from 1 to 65535"),
     ("WORKERS", "0", "invalid setting WORKERS='0': must be a whole number from 1 to 256"),
     ("LOG_LEVEL", "LOUD", "invalid setting LOG_LEVEL='LOUD': Input should be 'DEBUG', 'INFO', 'WARNING'"),
+    ("LOG_FORMAT", "xml", "invalid setting LOG_FORMAT='xml': Input should be 'text' or 'json'"),
     ("EMAIL_BACKEND", "pigeon", "invalid setting EMAIL_BACKEND='pigeon': Input should be 'console' or"),
     ("EMAIL_FROM", "me", "invalid setting EMAIL_FROM='me': 'me' is not an e-mail address"),
     ("SMTP_HOST", "", "invalid setting SMTP_HOST='': String should have at least 1 character"),

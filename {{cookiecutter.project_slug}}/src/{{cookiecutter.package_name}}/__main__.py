@@ -15,6 +15,7 @@ import sys
 import uvicorn
 
 from .config import ConfigError, load_settings
+from .logs import uvicorn_log_config
 
 BAD_SETTING = 3
 
@@ -34,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return BAD_SETTING
-    uvicorn.run(f"{__package__}.api:app", host=settings.host, port=settings.port, workers=settings.workers)
+    uvicorn.run(
+        f"{__package__}.api:app",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=uvicorn_log_config(settings),
+    )
     return 0
 
 

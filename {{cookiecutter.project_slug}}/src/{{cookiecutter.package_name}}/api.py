@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from .config import ConfigError, Settings, load_settings
 from .coordination import Election, SingletonService
 from .logs import configure_logging
+from .metrics import exposition
 from .services import singleton_services
 from .worker import run_worker
 
@@ -49,6 +50,12 @@ def create_app(settings: Settings | None = None, services: list[SingletonService
         """The serving worker's role in the election, and who holds the primary lock."""
         election: Election = request.app.state.election
         return await election.status()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics of every worker of this server, whichever worker answers."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     return app
 

@@ -46,6 +46,8 @@ class Settings(BackendSettings, BaseSettings):
     workers: int = Field(default=4, ge=1, le=256)
     """Worker processes the launcher starts; each serves HTTP, one of them is the primary."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """text: one readable line per record; json: one JSON object per line, the server's lines too."""
 
     # -- e-mail -----------------------------------------------------------------------------------
     email_backend: Literal["console", "smtp"] = "console"

@@ -13,6 +13,8 @@ from typing import Any
 
 from .config import Settings
 from .coordination import Election, SingletonService, make_lock
+from .logs import log_role_of
+from .metrics import worker_exits
 from .notifications.alerts import start_alert_digests
 
 
@@ -25,6 +27,7 @@ async def run_worker(settings: Settings, services: Sequence[SingletonService]) -
     """
     election = Election(make_lock(settings), services, retry_seconds=settings.lock_retry_seconds)
     alerts = start_alert_digests(settings, lambda: "primary" if election.is_primary else "standby")
+    log_role_of(election)
     await election.start()  # a lock problem leaves this worker standby, serving and retrying
     retire_on_shutdown_signal(election)
     try:
@@ -33,6 +36,7 @@ async def run_worker(settings: Settings, services: Sequence[SingletonService]) -
         await election.stop()  # stops the singleton services, then releases the lock
         if alerts:
             await alerts.stop()
+        worker_exits()  # its gauges leave the sums (``/metrics``)
 
 
 def retire_on_shutdown_signal(election: Election) -> None:

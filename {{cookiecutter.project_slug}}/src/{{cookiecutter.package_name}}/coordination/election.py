@@ -24,6 +24,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
+from ..metrics import count_lock_error, count_transition, set_primary
 from .base import Holder, LockError, PrimaryLock
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Election:
             logger.exception("Unexpected error in the first attempt at the primary lock")
         won = won and self.lock.takeover_delay() == 0  # else the campaign promotes after the delay
         logger.info("Worker startup: pid=%d, primary=%s", os.getpid(), won)
+        set_primary(False)  # a series for every worker, standbys included
         if won:
             self._promote(announce=False)
         self._campaign_task = asyncio.create_task(self._campaign(), name="primary-election")
@@ -178,6 +180,8 @@ class Election:
 
     def _promote(self, *, announce: bool) -> None:
         self.primary_since = datetime.now(UTC)
+        set_primary(True)
+        count_transition()
         if announce:
             logger.info("Worker role change: pid=%d, primary=True", os.getpid())
         for service in self.services:
@@ -186,6 +190,8 @@ class Election:
 
     async def _demote(self) -> None:
         self.primary_since = None  # is_primary turns False before anything else happens
+        set_primary(False)
+        count_transition()
         tasks, self._service_tasks = self._service_tasks, []
         for task in tasks:
             task.cancel()
@@ -212,6 +218,7 @@ class Election:
 
     def _lock_failed(self, exc: LockError) -> None:
         self._failures += 1
+        count_lock_error()
         message = str(exc)
         now = time.monotonic()
         if message != self.lock_error or now - self._error_logged_at >= ERROR_REPEAT_SECONDS:

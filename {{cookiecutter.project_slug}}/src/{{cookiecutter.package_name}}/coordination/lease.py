@@ -36,6 +36,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 
+from ..metrics import count_renew_failure
 from .base import Holder, LockError, RunLedger
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class LeaseLock(ABC):
                 async with asyncio.timeout(max(0.01, deadline - attempt)):
                     renewed = await self._renew_lease()
             except (LockError, TimeoutError) as exc:
+                count_renew_failure()
                 logger.warning("Renewing the primary lease failed, retrying: %s", exc or "timed out")
                 self._next_renewal = attempt + self.renew_every / 3
                 continue

@@ -36,8 +36,22 @@ def is_running(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # it exists, but belongs to another user
+    fields = _stat_fields(pid)
+    if fields is None:  # it exited (and was reaped) since kill(0); or there is no /proc: trust kill(0)
+        return not Path("/proc/self/stat").exists()
+    return fields[0] != "Z"
+
+
+def start_time(pid: int) -> str:
+    """When ``pid`` started, in clock ticks since boot ("" if unknown): with the pid it names one
+    process, where a pid alone may have been reused by another."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else ""
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from the third (the state) on, or None if unreadable."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True  # no /proc: trust kill(0)
-    return state != "Z"
+        return None

@@ -1,0 +1,138 @@
+"""Prometheus metrics that stay right with many workers (``GET /metrics``).
+
+A scrape reaches one worker, whichever the server hands the connection to, yet the numbers must
+describe them all: ``primary_worker_status`` summed over the workers is 1. So every worker writes its
+metrics to files in a directory that the workers of its server share (prometheus-client's
+multiprocess mode), and the worker that answers a scrape adds them up.
+
+* The directory is ``PROMETHEUS_MULTIPROC_DIR`` if set, else one of this service's own under the
+  temporary directory, named after the server's master process (the workers' parent) and its start
+  time: two servers, or one server started again, never mix their numbers.
+* A worker that exits says so (its gauges are dropped); one that was killed (``kill -9``) cannot, so
+  every scrape first drops the gauges of workers that no longer run. Counters of exited workers are
+  kept, so totals never go down.
+
+The election, the lease backends and the singleton jobs report here; nothing is counted per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .coordination.process import is_running, start_time
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = __name__.partition(".")[0]
+DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_FILE = re.compile(r"_(\d+)\.db$")
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    """The metrics this worker writes (see the module's docstring)."""
+
+    primary_status: Gauge
+    transitions: Counter
+    lock_errors: Counter
+    renew_failures: Counter
+
+
+def metrics_directory() -> Path:
+    """Where the workers of this server keep their metrics (created, private to this user)."""
+    configured = os.environ.get(DIRECTORY_VARIABLE)
+    if configured:
+        return Path(configured)
+    master = os.getppid()
+    base = Path(tempfile.gettempdir()) / f"{PACKAGE}-metrics-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    info = base.lstat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not base.is_dir() or base.is_symlink():
+        raise OSError(f"{base} is not this user's private directory; remove it, or set {DIRECTORY_VARIABLE}")
+    for old in base.iterdir():  # directories of servers that have stopped
+        pid, _, started = old.name.partition("-")
+        gone = pid.isdigit() and not (is_running(int(pid)) and start_time(int(pid)) == started)
+        if gone and started != "unknown":
+            shutil.rmtree(old, ignore_errors=True)
+    directory = base / f"{master}-{start_time(master) or 'unknown'}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return directory
+
+
+@cache
+def worker_metrics() -> WorkerMetrics:
+    """This worker's metrics, created on first use (after the directory is known)."""
+    try:
+        directory = metrics_directory()
+    except OSError as exc:
+        directory = Path(tempfile.mkdtemp(prefix=f"{PACKAGE}-metrics-"))
+        logger.error("Metrics of this worker only (%s): %s", directory, exc)
+    os.environ.setdefault(DIRECTORY_VARIABLE, str(directory))
+    from prometheus_client import Counter, Gauge, values
+
+    # prometheus-client picks its storage when it is first imported; pick again, now that the
+    # directory is set, in case something imported it earlier.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return WorkerMetrics(
+        primary_status=Gauge(
+            "primary_worker_status",
+            "1 on the primary worker, 0 on a standby (one series per live worker, label pid)",
+            multiprocess_mode="liveall",
+        ),
+        transitions=Counter(
+            "primary_worker_transitions", "Promotions and demotions of this service's workers"
+        ),
+        lock_errors=Counter("primary_lock_errors", "Attempts at the primary lock that failed"),
+        renew_failures=Counter(
+            "primary_lease_renew_failures", "Renewals of the primary lease that failed (lease backends)"
+        ),
+    )
+
+
+def set_primary(primary: bool) -> None:
+    worker_metrics().primary_status.set(1 if primary else 0)
+
+
+def count_transition() -> None:
+    worker_metrics().transitions.inc()
+
+
+def count_lock_error() -> None:
+    worker_metrics().lock_errors.inc()
+
+
+def count_renew_failure() -> None:
+    worker_metrics().renew_failures.inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics of every worker of this server, in Prometheus's text format, and its content type."""
+    worker_metrics()
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    directory = os.environ[DIRECTORY_VARIABLE]
+    for name in os.listdir(directory):
+        if (match := WORKER_FILE.search(name)) and not is_running(pid := int(match[1])):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # a killed worker
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def worker_exits() -> None:
+    """This worker stops: drop its gauges, so that the sums count only running workers."""
+    if DIRECTORY_VARIABLE in os.environ:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid(), os.environ[DIRECTORY_VARIABLE])  # type: ignore[no-untyped-call]
