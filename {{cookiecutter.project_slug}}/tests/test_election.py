@@ -134,3 +134,30 @@ def test_a_failing_lock_is_retried_with_a_doubling_delay_and_its_error_repeated_
     # The same error is logged once, then again whenever it has lasted another repeat interval.
     assert 3 <= len(errors) <= 5, errors
     assert all(later - earlier >= 0.5 for earlier, later in pairwise(errors)), errors
+
+
+def test_a_graceful_release_wakes_a_waiting_standby_at_once(lock_env: dict[str, str]) -> None:
+    """A standby that would retry only every 30 s takes over within a second of a release: the
+    release is announced (lease backends), or the kernel wakes the waiter (the file lock)."""
+    settings = settings_from(lock_env)
+    slow_retries = {"lock_retry_seconds": 30.0, "lock_ttl_seconds": 60.0}  # (the ttl: lease backends)
+    settings = settings.model_copy(
+        update={k: v for k, v in slow_retries.items() if k in type(settings).model_fields}
+    )
+
+    async def scenario() -> None:
+        holder, standby = make_lock(settings), make_lock(settings)
+        assert await holder.try_acquire()
+        assert not await standby.try_acquire()
+        waiting = asyncio.create_task(standby.acquire())
+        await asyncio.sleep(0.3)  # past its first try: now only an announcement (or 30 s) wakes it
+        assert not waiting.done()
+        released_at = time.monotonic()
+        await holder.release()
+        async with asyncio.timeout(5):
+            await waiting
+        assert time.monotonic() - released_at < 1.0
+        await standby.close()
+        await holder.close()
+
+    run_scenario(scenario)

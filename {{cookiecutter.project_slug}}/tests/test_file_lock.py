@@ -528,3 +528,63 @@ def test_each_lock_file_has_a_ledger_of_its_own(lock_path: Path) -> None:
         await staging.release()
 
     run_scenario(scenario)
+
+
+def test_a_lock_file_replaced_while_it_was_being_locked_is_not_adopted(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between open() and flock() someone renames another file over LOCK_PATH: the descriptor locks
+    a file that is no longer at the path, worthless; the attempt fails and keeps no descriptor."""
+    flock_nowait = FileLock._flock_nowait
+
+    def then_replace(self: FileLock, fd: int, *, shared: bool = False) -> bool:
+        locked = flock_nowait(self, fd, shared=shared)
+        replacement = lock_path.with_name("replacement.lock")
+        replacement.touch(mode=0o600)
+        replacement.rename(lock_path)
+        return locked
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        monkeypatch.setattr(FileLock, "_flock_nowait", then_replace)
+        before = len(os.listdir("/proc/self/fd"))
+        assert not await lock.try_acquire()
+        assert not lock.is_held() and len(os.listdir("/proc/self/fd")) == before
+        monkeypatch.undo()
+        assert await lock.try_acquire()  # the file now at the path is free
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_the_epoch_continues_from_the_lock_file_of_a_holder_with_a_one_digit_pid(lock_path: Path) -> None:
+    """PID 1 is common in containers: its lock file's first line is one character long."""
+    lock_path.parent.mkdir(mode=0o700, exist_ok=True)
+    lock_path.write_text("1\nhost=container\nsince=2026-01-01T00:00:00+00:00\nepoch=41\n")
+    lock_path.chmod(0o600)
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        assert lock.epoch == 42
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_the_primary_relocks_a_deleted_lock_file_itself(lock_path: Path) -> None:
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        epoch = lock.epoch
+        lock_path.unlink()
+        holding = asyncio.create_task(lock.hold())
+
+        def relocked() -> bool:
+            return lock_path.exists() and lock.is_held() and lock.verify() and lock.epoch == epoch + 1
+
+        await eventually(relocked, "the lock file recreated and locked by the same primary", 5)
+        holding.cancel()
+        await lock.close()
+
+    run_scenario(scenario)
