@@ -7,6 +7,7 @@ import os
 import re
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,13 @@ def test_json_logs_are_one_object_per_line_with_role_and_epoch(start_server: Cal
     assert promoted and promoted[0]["pid"] == primary
     later = [r for r in records if r["pid"] == primary and r["role"] == "primary"]
     assert later and all(isinstance(r["epoch"], int) and r["epoch"] >= 1 for r in later)
+
+
+def test_metrics_that_cannot_be_written_never_stop_the_election(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = start_server("uvicorn", workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+    server.wait_for_primary()
+    assert server.get("/metrics").status_code == 503
+    assert server.get("/health/worker").json()["lock_error"] is None
+    server.wait_for_log(r"ERROR .*Metrics cannot be written; this worker goes on without them")

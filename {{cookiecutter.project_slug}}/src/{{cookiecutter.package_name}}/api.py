@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None, services: list[SingletonService
     @app.get("/metrics")
     def metrics() -> Response:
         """Prometheus metrics of every worker of this server, whichever worker answers."""
-        body, content_type = exposition()
+        if (scrape := exposition()) is None:  # this worker could not write its metrics (logged)
+            return Response("metrics unavailable on this worker\n", status_code=503)
+        body, content_type = scrape
         return Response(body, media_type=content_type)
 
     return app
