@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,8 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
     check([str(BIN / "hadolint"), "Dockerfile"], project)
     workflow = ".github/workflows/ci.yml"
     check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", workflow], project)
+    check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.dependabot", ".github/dependabot.yml"], project)
+    assert yaml.safe_load((project / workflow).read_text())["permissions"] == {"contents": "read"}
 
     services = yaml.safe_load((project / "docker-compose.yml").read_text())["services"]
     api = {name: service for name, service in services.items() if name.startswith("api")}
@@ -71,3 +75,25 @@ def test_answers_file_holds_no_machine_paths_and_replays(bake: Callable[..., Pat
     again = tmp_path / project.name
     assert (again / "src" / "replay_me" / "coordination" / "redis_lock.py").is_file()
     assert (again / "README.md").read_text() == (project / "README.md").read_text()
+
+
+def test_the_template_repository_runs_its_own_tests_in_ci() -> None:
+    """The README says CI runs `bash .ci/run`: the template's own workflow does exactly that."""
+    workflow = ROOT / ".github" / "workflows" / "ci.yml"
+    check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(workflow)], ROOT)
+    steps = yaml.safe_load(workflow.read_text())["jobs"]["template"]["steps"]
+    assert any(step.get("run") == "bash .ci/run" for step in steps)
+
+
+def test_the_prometheus_alert_rules_use_the_metrics_the_service_exports(bake: Callable[..., Path]) -> None:
+    project = bake()
+    rules_file = project / "deploy" / "prometheus" / "alerts.yml"
+    if promtool := shutil.which("promtool"):
+        check([promtool, "check", "rules", str(rules_file)], project)
+    rules = [rule for group in yaml.safe_load(rules_file.read_text())["groups"] for rule in group["rules"]]
+    assert {"NoPrimaryWorker", "MoreThanOnePrimaryWorker", "PrimaryLockErrors"} <= {r["alert"] for r in rules}
+    source = (project / "src" / "my_service" / "metrics.py").read_text()
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"critical", "warning"} and rule["annotations"]["summary"]
+        for metric in re.findall(r"\b(primary_\w+?)(?:_total)?\{", rule["expr"]):
+            assert f'"{metric}"' in source, f"{rule['alert']} uses {metric}, which the service does not export"
