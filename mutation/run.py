@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import json
 import os
@@ -86,7 +87,11 @@ REDIS_SERVERS = [
     "tests/test_redis_lock.py::test_a_lease_that_vanishes_under_a_live_primary_never_makes_two_primaries",
 ]
 LEASE_TESTS = [
-    "tests/test_lease_rules.py", "tests/test_run_ledger.py", "tests/test_holding.py", *REDIS_IN_PROCESS, *REDIS_SERVERS
+    "tests/test_lease_rules.py",
+    "tests/test_run_ledger.py",
+    "tests/test_holding.py",
+    *REDIS_IN_PROCESS,
+    *REDIS_SERVERS,
 ]
 LEDGER_TESTS = ["tests/test_run_ledger.py", "tests/test_ledger_fencing.py", *REDIS_IN_PROCESS, *REDIS_SERVERS]
 FILE_LOCK_TESTS = [
@@ -114,9 +119,17 @@ TARGETS = [
         "lease",
         "redis",
         "coordination/lease.py",
-        ["safety_margin", "belief_window", "LeaseLock.__init__", "LeaseLock.try_acquire",
-         "LeaseLock.takeover_delay", "LeaseLock.acquire", "LeaseLock.hold", "LeaseLock.is_held",
-         "LeaseLock.release"],
+        [
+            "safety_margin",
+            "belief_window",
+            "LeaseLock.__init__",
+            "LeaseLock.try_acquire",
+            "LeaseLock.takeover_delay",
+            "LeaseLock.acquire",
+            "LeaseLock.hold",
+            "LeaseLock.is_held",
+            "LeaseLock.release",
+        ],
         LEASE_TESTS,
         focus=True,
     ),
@@ -124,9 +137,17 @@ TARGETS = [
         "redis_lock",
         "redis",
         "coordination/redis_lock.py",
-        ["RedisLock._acquire_lease", "RedisLock._renew_lease", "RedisLock._release_lease",
-         "RedisLock._record", "RedisRunLedger.claim", "RedisRunLedger.finish", "RedisRunLedger.abandon",
-         "RedisRunLedger.last_done", "RedisRunLedger.is_done"],
+        [
+            "RedisLock._acquire_lease",
+            "RedisLock._renew_lease",
+            "RedisLock._release_lease",
+            "RedisLock._record",
+            "RedisRunLedger.claim",
+            "RedisRunLedger.finish",
+            "RedisRunLedger.abandon",
+            "RedisRunLedger.last_done",
+            "RedisRunLedger.is_done",
+        ],
         LEDGER_TESTS,
         focus=True,
     ),
@@ -134,11 +155,25 @@ TARGETS = [
         "file_lock",
         "file",
         "coordination/file_lock.py",
-        ["FileLock.try_acquire", "FileLock.acquire", "FileLock.hold", "FileLock.is_held", "FileLock.verify",
-         "FileLock.release", "FileLock._names_locked_file", "FileLock._take",
-         "FileLock._relock_after_tampering", "FileRunLedger.claim", "FileRunLedger.finish",
-         "FileRunLedger.abandon", "FileRunLedger.last_done", "FileRunLedger.is_done",
-         "FileRunLedger.highest_epoch", "FileRunLedger._claim", "FileRunLedger._set_done"],
+        [
+            "FileLock.try_acquire",
+            "FileLock.acquire",
+            "FileLock.hold",
+            "FileLock.is_held",
+            "FileLock.verify",
+            "FileLock.release",
+            "FileLock._names_locked_file",
+            "FileLock._take",
+            "FileLock._relock_after_tampering",
+            "FileRunLedger.claim",
+            "FileRunLedger.finish",
+            "FileRunLedger.abandon",
+            "FileRunLedger.last_done",
+            "FileRunLedger.is_done",
+            "FileRunLedger.highest_epoch",
+            "FileRunLedger._claim",
+            "FileRunLedger._set_done",
+        ],
         FILE_LOCK_TESTS,
         focus=True,
     ),
@@ -146,9 +181,19 @@ TARGETS = [
         "election",
         "file",
         "coordination/election.py",
-        ["Election.is_primary", "Election.start", "Election.retire", "Election.stop", "Election._campaign",
-         "Election._promote", "Election._demote", "Election._lock_failed", "Election._lock_usable",
-         "Election._retry_delay", "hold_through_takeover"],
+        [
+            "Election.is_primary",
+            "Election.start",
+            "Election.retire",
+            "Election.stop",
+            "Election._campaign",
+            "Election._promote",
+            "Election._demote",
+            "Election._lock_failed",
+            "Election._lock_usable",
+            "Election._retry_delay",
+            "hold_through_takeover",
+        ],
         ELECTION_TESTS,
     ),
     Target(
@@ -171,41 +216,136 @@ TARGETS = [
 LUA_MUTANTS = [
     ("CLAIM", "redis.call('GET', KEYS[1]) ~= ARGV[1] or ", "", "claim: no token check (fence on epoch only)"),
     ("CLAIM", " or redis.call('GET', KEYS[2]) ~= ARGV[2]", "", "claim: no epoch check (fence on token only)"),
-    ("CLAIM", "~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then", "~= ARGV[1] and redis.call('GET', KEYS[2]) ~= ARGV[2] then", "claim: token AND epoch must both differ to fence"),
-    ("CLAIM", "then\n  return 'fenced'\nend\nif redis.call('TYPE'", "then\nend\nif redis.call('TYPE'", "claim: no fence at all"),
+    (
+        "CLAIM",
+        "~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then",
+        "~= ARGV[1] and redis.call('GET', KEYS[2]) ~= ARGV[2] then",
+        "claim: token AND epoch must both differ to fence",
+    ),
+    (
+        "CLAIM",
+        "then\n  return 'fenced'\nend\nif redis.call('TYPE'",
+        "then\nend\nif redis.call('TYPE'",
+        "claim: no fence at all",
+    ),
     ("CLAIM", "== 'done' then return 'done' end", "== 'done' then end", "claim: a done period is claimed again"),
-    ("CLAIM", ") > tonumber(ARGV[2]) then", ") >= tonumber(ARGV[2]) then", "claim: a claim under our own epoch fences us"),
-    ("CLAIM", ") > tonumber(ARGV[2]) then", ") > tonumber(ARGV[2]) + 1e18 then", "claim: a claim under a newer epoch is taken over"),
+    (
+        "CLAIM",
+        ") > tonumber(ARGV[2]) then",
+        ") >= tonumber(ARGV[2]) then",
+        "claim: a claim under our own epoch fences us",
+    ),
+    (
+        "CLAIM",
+        ") > tonumber(ARGV[2]) then",
+        ") > tonumber(ARGV[2]) + 1e18 then",
+        "claim: a claim under a newer epoch is taken over",
+    ),
     ("CLAIM", "redis.call('EXPIRE', KEYS[3], ARGV[3])\n", "", "claim: the claim never expires"),
     ("FINISH", "'state', 'done'", "'state', 'claimed'", "finish: the period is not marked done"),
-    ("FINISH", "if not latest or latest < ARGV[3] then", "if not latest or latest > ARGV[3] then", "finish: latest moves backwards"),
+    (
+        "FINISH",
+        "if not latest or latest < ARGV[3] then",
+        "if not latest or latest > ARGV[3] then",
+        "finish: latest moves backwards",
+    ),
     ("FINISH", "if not latest or latest < ARGV[3] then", "if not latest then", "finish: latest never moves on"),
-    ("ABANDON", "\n    and redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then", " then", "abandon: gives back another epoch's claim"),
+    (
+        "ABANDON",
+        "\n    and redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then",
+        " then",
+        "abandon: gives back another epoch's claim",
+    ),
     ("ABANDON", "== 'claimed'", "== 'done'", "abandon: gives back nothing (or a done period)"),
-    ("CREATED", "redis.call('SET', KEYS[1], redis.call('TIME')[1])", "redis.call('SET', KEYS[1], 0)", "created_at: the ledger claims to be as old as 1970"),
+    (
+        "CREATED",
+        "redis.call('SET', KEYS[1], redis.call('TIME')[1])",
+        "redis.call('SET', KEYS[1], 0)",
+        "created_at: the ledger claims to be as old as 1970",
+    ),
     ("ACQUIRE", "  return {0, '', 'lease-without-expiry'}\n", "", "acquire: a lease without expiry is taken over"),
     ("ACQUIRE", "    redis.call('PEXPIRE', KEYS[1], ARGV[2])\n", "", "acquire: a lease without expiry is not repaired"),
-    ("ACQUIRE", "wait, why = math.max(0, active - now), 'inherited'", "wait, why = 0, 'inherited'", "acquire: a released lease's unfinished wait is not inherited"),
-    ("ACQUIRE", "math.max(0, expires - now, active - now), 'vanished'", "math.max(0, active - now), 'vanished'", "acquire: a vanished lease is not waited out"),
-    ("ACQUIRE", "math.max(0, expires - now, active - now), 'vanished'", "math.max(0, expires - now), 'vanished'", "acquire: a vanished holder's own unfinished wait is not passed on"),
-    ("ACQUIRE", "local wait, why, note = tonumber(ARGV[6]), 'unknown', ''", "local wait, why, note = 0, 'unknown', ''", "acquire: no wait without a record"),
+    (
+        "ACQUIRE",
+        "wait, why = math.max(0, active - now), 'inherited'",
+        "wait, why = 0, 'inherited'",
+        "acquire: a released lease's unfinished wait is not inherited",
+    ),
+    (
+        "ACQUIRE",
+        "math.max(0, expires - now, active - now), 'vanished'",
+        "math.max(0, active - now), 'vanished'",
+        "acquire: a vanished lease is not waited out",
+    ),
+    (
+        "ACQUIRE",
+        "math.max(0, expires - now, active - now), 'vanished'",
+        "math.max(0, expires - now), 'vanished'",
+        "acquire: a vanished holder's own unfinished wait is not passed on",
+    ),
+    (
+        "ACQUIRE",
+        "local wait, why, note = tonumber(ARGV[6]), 'unknown', ''",
+        "local wait, why, note = 0, 'unknown', ''",
+        "acquire: no wait without a record",
+    ),
     ("ACQUIRE", "wait = math.min(wait, tonumber(ARGV[7]))", "wait = wait", "acquire: no cap on the wait"),
     ("ACQUIRE", "or '') or 0) + 1\n", "or '') or 0) + 0\n", "acquire: the epoch does not grow"),
-    ("ACQUIRE", "math.max(stored or 0, tonumber(record_field(KEYS[3], 'epoch') or '') or 0)", "(stored or 0)", "acquire: the record's epoch is ignored (epoch key lost)"),
-    ("ACQUIRE", "'expires_ms', now + tonumber(ARGV[2]),", "'expires_ms', now,", "acquire: the record says the lease expires at once"),
-    ("ACQUIRE", "'active_ms', now + wait, 'state', 'held'", "'active_ms', now, 'state', 'held'", "acquire: the record forgets the wait"),
+    (
+        "ACQUIRE",
+        "math.max(stored or 0, tonumber(record_field(KEYS[3], 'epoch') or '') or 0)",
+        "(stored or 0)",
+        "acquire: the record's epoch is ignored (epoch key lost)",
+    ),
+    (
+        "ACQUIRE",
+        "'expires_ms', now + tonumber(ARGV[2]),",
+        "'expires_ms', now,",
+        "acquire: the record says the lease expires at once",
+    ),
+    (
+        "ACQUIRE",
+        "'active_ms', now + wait, 'state', 'held'",
+        "'active_ms', now, 'state', 'held'",
+        "acquire: the record forgets the wait",
+    ),
     ("ACQUIRE", "if wait == 0 then why = 'none' end", "", "acquire: the reason of no wait is 'unknown'"),
     ("RENEW", "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end", "", "renew: no token check"),
     ("RENEW", "if stored and stored > epoch then return 0 end", "", "renew: a newer epoch does not depose"),
-    ("RENEW", "if stored and stored > epoch then return 0 end", "if stored and stored >= epoch then return 0 end", "renew: our own epoch deposes us"),
+    (
+        "RENEW",
+        "if stored and stored > epoch then return 0 end",
+        "if stored and stored >= epoch then return 0 end",
+        "renew: our own epoch deposes us",
+    ),
     ("RENEW", "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n", "", "renew: the lease is not extended"),
-    ("RENEW", "if stored ~= epoch then redis.call('SET', KEYS[3], epoch) end", "", "renew: a lost epoch key is not restored"),
+    (
+        "RENEW",
+        "if stored ~= epoch then redis.call('SET', KEYS[3], epoch) end",
+        "",
+        "renew: a lost epoch key is not restored",
+    ),
     ("RENEW", "  redis.call('HSET', KEYS[2], 'expires_ms', expires)\n", "", "renew: the record's expiry does not move"),
-    ("RENEW", "'expires_ms', expires, 'active_ms', 0, 'state', 'held')", "'expires_ms', 0, 'active_ms', 0, 'state', 'held')", "renew: a rewritten record says the lease expired"),
-    ("RELEASE", "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end", "", "release: no token check (deletes another's lease)"),
+    (
+        "RENEW",
+        "'expires_ms', expires, 'active_ms', 0, 'state', 'held')",
+        "'expires_ms', 0, 'active_ms', 0, 'state', 'held')",
+        "renew: a rewritten record says the lease expired",
+    ),
+    (
+        "RELEASE",
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end",
+        "",
+        "release: no token check (deletes another's lease)",
+    ),
     ("RELEASE", "  redis.call('HSET', KEYS[2], 'state', 'released')", "", "release: the record is not marked released"),
     ("RELEASE", "redis.call('PUBLISH', ARGV[2], ARGV[1])", "", "release: the standbys are not told"),
-    ("PRELUDE", "math.floor(tonumber(clock[2]) / 1000)", "math.floor(tonumber(clock[2]))", "the clock's microseconds are counted as ms"),
+    (
+        "PRELUDE",
+        "math.floor(tonumber(clock[2]) / 1000)",
+        "math.floor(tonumber(clock[2]))",
+        "the clock's microseconds are counted as ms",
+    ),
 ]
 
 
@@ -230,8 +370,16 @@ class Mutant:
 # -- making mutants -------------------------------------------------------------------------------
 
 SWAP_COMPARE = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-    ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
 }
 SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult}
 
@@ -243,8 +391,11 @@ def _is_logging(node: ast.AST) -> bool:
     func = node.func
     if isinstance(func, ast.Name):
         return func.id == "print"
-    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in (
-        "logger", "logging", "warnings")
+    return (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id in ("logger", "logging", "warnings")
+    )
 
 
 def _functions(tree: ast.Module, names: list[str]) -> list[ast.AST]:
@@ -341,18 +492,25 @@ def python_mutants(target: Target, source: str) -> list[tuple[int, str, str]]:
             skip.update(id(child) for child in ast.walk(body[0]))
         constructor = function.name == "__init__"  # type: ignore[attr-defined]
         if constructor:  # initial values (x = 0, x = None): only computed ones are mutated
-            skip.update(id(n.value) for n in ast.walk(function) if isinstance(n, ast.Assign | ast.AnnAssign)
-                        and isinstance(n.value, ast.Constant | ast.Name))
+            skip.update(
+                id(n.value)
+                for n in ast.walk(function)
+                if isinstance(n, ast.Assign | ast.AnnAssign) and isinstance(n.value, ast.Constant | ast.Name)
+            )
         for node in ast.walk(function):
             if id(node) in skip or node is function:
                 continue
             if isinstance(node, ast.If | ast.While | ast.IfExp):
                 for constant in (True, False):
                     add(node.test, f"condition -> {constant}", str(constant))
-            if not constructor and isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Expr
-                                              | ast.Return | ast.Raise | ast.Continue):
-                if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
-                    add(node, f"{type(node).__name__.lower()} statement -> pass", "pass")
+            if (
+                not constructor
+                and isinstance(
+                    node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Expr | ast.Return | ast.Raise | ast.Continue
+                )
+                and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+            ):
+                add(node, f"{type(node).__name__.lower()} statement -> pass", "pass")
             if isinstance(node, ast.expr):
                 for description, replacement in _expression_mutants(node):
                     add(node, description, f"({ast.unparse(replacement)})")
@@ -371,7 +529,7 @@ def lua_mutants(source: str) -> list[tuple[int, str, str]]:
         if at < 0:
             raise SystemExit(f"Lua mutant of {script}: text not found (the script changed?): {old!r}")
         line = source.count("\n", 0, at) + 1
-        mutants.append((line, f"Lua {script}: {description}", source[:at] + new + source[at + len(old):]))
+        mutants.append((line, f"Lua {script}: {description}", source[:at] + new + source[at + len(old) :]))
     return mutants
 
 
@@ -409,18 +567,17 @@ def run_tests(project: Path, tests: list[str], timeout: float) -> tuple[str, flo
     argv = [str(VENV_BIN / "python"), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--tb=line", *existing]
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(argv, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = process.wait(timeout)
             status = {0: "passed", 1: "failed"}.get(code, "error")
         except subprocess.TimeoutExpired:
             status = "timeout"
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # the servers and redis-servers it started
-            except ProcessLookupError:
-                pass
             process.wait()
         log.seek(0)
         tail = "\n".join(log.read().splitlines()[-12:])
@@ -487,8 +644,11 @@ def main() -> int:
                 return 2
             baselines[target.name] = seconds
             timeout = args.timeout_factor * seconds + 20
-            print(f"== {target.name}: {len(mutants)} of {generated} mutants; tests take {seconds:.0f} s "
-                  f"unmutated, timeout {timeout:.0f} s", flush=True)
+            print(
+                f"== {target.name}: {len(mutants)} of {generated} mutants; tests take {seconds:.0f} s "
+                f"unmutated, timeout {timeout:.0f} s",
+                flush=True,
+            )
             for mutant in mutants:
                 path.write_text(mutant.source)
                 try:
@@ -498,8 +658,11 @@ def main() -> int:
                 mutant.status = {"failed": "killed", "passed": "survived", "timeout": "timeout"}.get(status, "error")
                 if mutant.status != "killed":
                     mutant.output_tail = tail
-                print(f"  {mutant.id:16} {mutant.status:9} {mutant.seconds:5.0f} s  line {mutant.line}: "
-                      f"{mutant.description}", flush=True)
+                print(
+                    f"  {mutant.id:16} {mutant.status:9} {mutant.seconds:5.0f} s  line {mutant.line}: "
+                    f"{mutant.description}",
+                    flush=True,
+                )
                 if mutant.status == "survived":
                     print("    " + mutant.diff.replace("\n", "\n    "), flush=True)
                 results.append(mutant)
@@ -512,27 +675,39 @@ def main() -> int:
     return 0
 
 
-def write_report(args: argparse.Namespace, results: list[Mutant], baselines: dict[str, float],
-                 started: datetime) -> None:
-    lines = [f"# Mutation run of {started:%Y-%m-%d %H:%M} UTC", "",
-             f"Command: `{' '.join(sys.argv)}`", "",
-             "| target | backend | run | killed | timed out | survived | error | tests unmutated |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def write_report(
+    args: argparse.Namespace, results: list[Mutant], baselines: dict[str, float], started: datetime
+) -> None:
+    lines = [
+        f"# Mutation run of {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Command: `{' '.join(sys.argv)}`",
+        "",
+        "| target | backend | run | killed | timed out | survived | error | tests unmutated |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for target in TARGETS:
         mine = [m for m in results if m.target == target.name]
         if not mine:
             continue
         count = {s: sum(m.status == s for m in mine) for s in ("killed", "timeout", "survived", "error")}
-        lines.append(f"| {target.name} | {target.backend} | {len(mine)} | {count['killed']} | {count['timeout']} "
-                     f"| {count['survived']} | {count['error']} | {baselines.get(target.name, 0):.0f} s |")
+        lines.append(
+            f"| {target.name} | {target.backend} | {len(mine)} | {count['killed']} | {count['timeout']} "
+            f"| {count['survived']} | {count['error']} | {baselines.get(target.name, 0):.0f} s |"
+        )
     lines += ["", "## Survivors and errors", ""]
     for mutant in results:
         if mutant.status in ("survived", "error"):
-            lines += [f"### {mutant.id} ({mutant.status}), line {mutant.line}: {mutant.description}", "",
-                      "```diff", mutant.diff, "```", ""]
+            lines += [
+                f"### {mutant.id} ({mutant.status}), line {mutant.line}: {mutant.description}",
+                "",
+                "```diff",
+                mutant.diff,
+                "```",
+                "",
+            ]
     args.out.write_text("\n".join(lines) + "\n")
-    args.json.write_text(json.dumps(
-        [{k: v for k, v in vars(m).items() if k != "source"} for m in results], indent=1))
+    args.json.write_text(json.dumps([{k: v for k, v in vars(m).items() if k != "source"} for m in results], indent=1))
     print(f"\nReport: {args.out} and {args.json}")
 
 
