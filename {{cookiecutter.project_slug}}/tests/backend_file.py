@@ -59,6 +59,12 @@ async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
     return successor
 
 
+def vanish(settings: Settings) -> None:
+    """Take the lock away from its holder behind its back, with nobody in its place: the lock file
+    is deleted by hand (the holder's descriptor now locks a file that is no longer at the path)."""
+    Path(settings.lock_path).unlink()
+
+
 def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
     """A lock scope that cannot even be attempted: a symbolic link at LOCK_PATH."""
     link = tmp_path / "link.lock"

@@ -213,6 +213,13 @@ async def take_over_behind_its_back(settings: Settings) -> PrimaryLock:
     return successor
 
 
+def vanish(settings: Settings) -> None:
+    """Take the lock away from its holder behind its back, with nobody in its place: the lease key
+    is deleted (by hand, by another tool's FLUSHDB, or evicted)."""
+    with redis.Redis.from_url(settings.redis_url) as client:
+        assert client.delete(f"{settings.lock_key_prefix}:primary") == 1
+
+
 def unusable_lock_env(tmp_path: Path) -> dict[str, str]:
     """A lock scope that cannot even be attempted: a Redis that nobody runs."""
     return {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LOCK_KEY_PREFIX": "unused"}

@@ -15,6 +15,7 @@ from backend_{{ cookiecutter.lock_backend }} import (
     scope_footprint,
     take_over_behind_its_back,
     unusable_lock_env,
+    vanish,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "scope_footprint",
     "take_over_behind_its_back",
     "unusable_lock_env",
+    "vanish",
 ]

@@ -36,7 +36,7 @@ from {{ cookiecutter.package_name }}.coordination.lease import MAX_LEASE_SECONDS
 from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock
 from {{ cookiecutter.package_name }}.redaction import mask_url
 
-from backend_redis import RedisServer, redis_server_binaries, tls_capable_binary
+from backend_redis import RedisServer, redis_server_binaries, take_over_behind_its_back, tls_capable_binary
 from conftest import PACKAGE, Server, current_holder, service_env, settings_from, status_output
 from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env
 from support import (
@@ -766,3 +766,47 @@ def test_a_bad_redis_url_is_refused_without_showing_it(lock_env: dict[str, str])
     )
     assert result.returncode == 3 and "invalid setting REDIS_URL=<hidden>" in result.stderr
     assert_no_secret(result.stdout + result.stderr, *SECRET_FORMS)
+
+
+# -- The run ledger's keys and the holder record's expiry --------------------------------------------
+
+
+def test_ledger_entries_expire_after_the_keeping_time(lock_env: dict[str, str]) -> None:
+    """Claimed or done, a run is kept for 30 days, then Redis forgets it (the ledger stays small)."""
+    settings = settings_from(lock_env)
+
+    async def scenario() -> None:
+        lock = make_lock(settings)
+        assert await lock.try_acquire()
+        ledger = lock.run_ledger()
+        assert await ledger.claim("report", "20260101T070000Z") == "claimed"
+        assert await ledger.claim("report", "20260102T070000Z") == "claimed"
+        await ledger.finish("report", "20260102T070000Z")
+        with redis.Redis.from_url(settings.redis_url) as client:
+            for period in ("20260101T070000Z", "20260102T070000Z"):
+                ttl = client.ttl(f"{settings.lock_key_prefix}:run:report:{period}")
+                assert 29 * 86400 < ttl <= 30 * 86400, (period, ttl)
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_a_lease_that_vanishes_after_renewals_is_waited_out_from_the_last_renewal(
+    lock_env: dict[str, str],
+) -> None:
+    """The record's expiry moves with each renewal: a successor waits out the lease the holder last
+    renewed, not the one it first took (which ran out long ago)."""
+    settings = settings_from(lock_env)  # ttl 3
+
+    async def scenario() -> None:
+        lock = make_lock(settings)
+        assert await lock.try_acquire()
+        holding = asyncio.create_task(lock.hold())
+        await asyncio.sleep(4)  # renewed for longer than the first lease ran
+        successor = await take_over_behind_its_back(settings)
+        assert successor.takeover_delay() > 1.5  # about 3 s, less the time since the last renewal
+        holding.cancel()
+        await lock.close()
+        await successor.close()
+
+    run_scenario(scenario)

@@ -32,7 +32,7 @@ def is_running(pid: int) -> bool:
     """Whether ``pid`` is a process of this pid namespace that has not exited (a zombie has)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (a "pid" too large to be one)
         return False
     except PermissionError:
         return True  # it exists, but belongs to another user
