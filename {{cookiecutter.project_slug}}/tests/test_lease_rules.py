@@ -11,6 +11,8 @@ slack that real servers need. These tests run in every generated project, whatev
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -291,3 +293,61 @@ def test_release_gives_the_lease_back_once_and_the_holder_stops_counting_itself_
         assert lock.released == [token] and not lock.is_held()
 
     run_scenario(scenario)
+
+
+def test_the_first_renewal_comes_one_interval_after_the_acquisition(clock: Clock) -> None:
+    """Not at once: the schedule starts from the request that took the lease."""
+
+    async def scenario() -> None:
+        lock = MemoryLease(clock)
+        acquired_at = clock.monotonic()
+        assert await lock.try_acquire()
+        holding = asyncio.create_task(lock.hold())
+        await asyncio.sleep(0.7)
+        holding.cancel()
+        assert lock.renewals and lock.renewals[0] - acquired_at >= lock.renew_every - 0.03, lock.renewals
+
+    run_scenario(scenario)
+
+
+def test_an_attempt_cancelled_while_the_lease_was_being_taken_gives_it_back(clock: Clock) -> None:
+    """The store granted the lease, but the worker is shutting down (its task was cancelled while it
+    waited for the answer): keeping it would leave a lease nobody renews, and block everyone."""
+
+    class SlowStore(MemoryLease):
+        async def _acquire_lease(self, token: str, holder: Holder, wait_without_record: float) -> Acquisition:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # the shutdown arrives while the store answers (a cancellation it swallowed)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            return Acquisition(won=True, epoch=1)
+
+    async def scenario() -> None:
+        lock = SlowStore(clock)
+        with pytest.raises(asyncio.CancelledError):
+            await lock.try_acquire()
+        assert lock.released and not lock.is_held()
+
+    run_scenario(scenario)
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.5])
+def test_a_takeover_wait_is_logged_with_its_reason_and_none_is_logged_without_one(
+    clock: Clock, caplog: pytest.LogCaptureFixture, wait: float
+) -> None:
+    async def scenario() -> None:
+        lock = MemoryLease(clock)
+        lock.answers.append(Acquisition(won=True, epoch=2, wait_seconds=wait, why="vanished"))
+        with caplog.at_level(logging.INFO, logger=lease.__name__):
+            assert await lock.try_acquire()
+        await lock.release()
+
+    run_scenario(scenario)
+    said = [
+        record.getMessage() for record in caplog.records if "Won the primary lease" in record.getMessage()
+    ]
+    if wait:
+        assert len(said) == 1 and "waiting 0.5 s" in said[0] and lease.WHY_WAIT["vanished"] in said[0]
+    else:
+        assert said == []
