@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "my_service"  # package of the default project name "My Service"
 ROLE_LINE = re.compile(r"Worker (?:startup|role change): pid=(\d+), primary=(True|False)")
-EPOCH_LINE = re.compile(r"Startup task done: migration ran on the primary \(pid=(\d+), epoch=(\d+)\)")
+EPOCH_LINE = re.compile(r"Singleton jobs start on the primary \(pid=(\d+), epoch=(\d+)\)")
 REPORT_ID = re.compile(r"<report\.(\d{8}T\d{6}Z)\.")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOG_DIR: Path | None = None  # set by main(): where each stopped server's log is written

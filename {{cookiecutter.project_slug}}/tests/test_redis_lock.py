@@ -766,3 +766,24 @@ def test_a_bad_redis_url_is_refused_without_showing_it(lock_env: dict[str, str])
     )
     assert result.returncode == 3 and "invalid setting REDIS_URL=<hidden>" in result.stderr
     assert_no_secret(result.stdout + result.stderr, *SECRET_FORMS)
+
+
+def test_the_ledger_keeps_start_up_tasks_for_good_and_other_runs_for_a_month(
+    lock_env: dict[str, str],
+) -> None:
+    """A start-up task's run is the memory of a release: forgetting it would run the task again."""
+
+    async def scenario() -> None:
+        lock = make_lock(settings_from(lock_env))
+        assert isinstance(lock, RedisLock) and await lock.try_acquire()
+        ledger = lock.run_ledger()
+        for job, period in [("startup:migrate", "1.0.0"), ("report", "20260101T070000Z")]:
+            assert await ledger.claim(job, period) == "claimed"
+            await ledger.finish(job, period)
+
+        assert await lock.client.ttl(f"{lock.run_prefix}:startup:migrate:1.0.0") == -1  # no expiry
+        assert 29 * 86400 < await lock.client.ttl(f"{lock.run_prefix}:report:20260101T070000Z") <= 30 * 86400
+        await lock.release()
+        await lock.close()
+
+    run_scenario(scenario)
