@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.api import create_app
 from {{ cookiecutter.package_name }}.config import load_settings
-from {{ cookiecutter.package_name }}.coordination import Election, Run, StartupRun, scheduled, startup_task
+from {{ cookiecutter.package_name }}.coordination import Election, Run, StartupRun
+from {{ cookiecutter.package_name }}.coordination.jobs import scheduled, startup_task
 
 logger = logging.getLogger("{{ cookiecutter.package_name }}.tests")
 

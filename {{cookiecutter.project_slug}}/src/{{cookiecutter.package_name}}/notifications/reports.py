@@ -66,6 +66,6 @@ def compose(run: Run) -> EmailMessage:
     subject = f"[{SERVICE}] Report {period:%Y-%m-%d %H:%M:%S %Z}"
     message = new_message(settings, settings.report_to, subject, body)
     domain = settings.email_from.rpartition("@")[2] or "localhost"
-    # <report.20261128T070000Z.{{ cookiecutter.project_slug }}@domain>: the same for every attempt at this period
+    # <report.20261128T070000Z.<project slug>@domain>: the same for every attempt at this period
     message["Message-ID"] = f"<{run.key.replace(':', '.')}.{SERVICE}@{domain}>"
     return message
