@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -15,12 +16,28 @@ from typing import Any
 
 import pytest
 
+from {{ cookiecutter.package_name }} import jobs
+from {{ cookiecutter.package_name }}.coordination import Run, scheduled
+
 from conftest import Server
 from support import is_alive, wait_until
 
 JOBS_APP = {"app": "apps:jobs_app", "extra": ("--factory",)}
 Note = tuple[str, str, int, float]
 """(start or end, run key, pid, unix time) as ``apps.note`` writes it."""
+
+
+def test_the_decorators_leave_plain_functions_and_refuse_mistakes_at_import() -> None:
+    assert asyncio.iscoroutinefunction(jobs.prepare_storage) and asyncio.iscoroutinefunction(jobs.report)
+
+    async def report(run: Run) -> None: ...
+
+    with pytest.raises(ValueError, match="two jobs are named 'report'"):
+        scheduled("* * * * *")(report)
+    with pytest.raises(ValueError, match="schedule '61 \\* \\* \\* \\*' is not a valid schedule"):
+        scheduled("61 * * * *", name="typo")(report)
+    with pytest.raises(ValueError, match="catch_up='some'"):
+        scheduled("* * * * *", name="typo", catch_up="some")(report)  # type: ignore[arg-type]
 
 
 def notes(path: Path) -> list[Note]:

@@ -108,6 +108,13 @@ def test_reports_missed_while_the_mail_server_is_down_are_sent_when_it_is_back(
     missed = period_of(server.wait_for_log(r"WARNING .*Run report:\S+ failed, will retry"))
     assert server.get("/health").status_code == 200  # the service keeps serving
 
+    def failure_shown() -> bool:  # by any worker: the failure is noted in the shared ledger
+        jobs = server.get("/health/worker").json()["jobs"]
+        report = next(job for job in jobs if job["name"] == "report")
+        return bool(report["last_failure"] and report["last_failure"]["run"].startswith("report:"))
+
+    wait_until(failure_shown, "/health/worker to show the report's last failure")
+
     sink.start()
     try:
         wait_until(lambda: len(set(sink.periods())) >= 4, "the missed and the new reports", 60)

@@ -281,7 +281,6 @@ class Jobs:
         self.settings = settings
         self.scheduled = scheduled
         self.startup = startup
-        self.runners: dict[str, JobRunner] = {}
         self.last_errors: dict[str, str] = {}
         """The last error of each job and task seen by this worker (the log has the traceback)."""
         self._done_tasks: set[str] = set()
@@ -295,10 +294,9 @@ class Jobs:
         )
         for task in self.startup:
             await self._complete(task, election)
-        self.runners = {job.name: JobRunner(job, election, self) for job in self.scheduled}
-        async with asyncio.TaskGroup() as group:
-            for runner in self.runners.values():
-                group.create_task(runner.loop(), name=f"job {runner.job.name}")
+        async with asyncio.TaskGroup() as group:  # one loop per job: jobs run side by side
+            for job in self.scheduled:
+                group.create_task(JobRunner(job, election, self).loop(), name=f"job {job.name}")
 
     async def _complete(self, task: StartupTask, election: Election) -> None:
         """Run a start-up task until it is done (by us or anyone before us)."""
