@@ -54,7 +54,7 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
 
     dockerfile = (project / "Dockerfile").read_text()
     assert f"FROM python:{python_version}-slim" in dockerfile
-    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile and "/health/ready" in dockerfile
     assert 'CMD ["python", "-m", "my_service"]' in dockerfile and "WORKERS=4" in dockerfile
 
     # gunicorn reads its config file with the project importable (it validates the settings first).

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.api import create_app
 from {{ cookiecutter.package_name }}.config import load_settings
-from {{ cookiecutter.package_name }}.coordination import Election
-from {{ cookiecutter.package_name }}.services import singleton_services
+from {{ cookiecutter.package_name }}.coordination import Election, Run, StartupRun
+from {{ cookiecutter.package_name }}.coordination.jobs import scheduled, startup_task
 
 logger = logging.getLogger("{{ cookiecutter.package_name }}.tests")
 
@@ -46,9 +48,8 @@ async def tick(election: Election) -> None:
 
 
 def ticking_app() -> FastAPI:
-    """The service with the ``tick`` singleton registered beside the others."""
-    settings = load_settings()
-    return create_app(settings, [*singleton_services(settings), tick])
+    """The service with the ``tick`` singleton registered beside the jobs."""
+    return create_app(load_settings(), [tick])
 
 
 def noisy_app() -> FastAPI:
@@ -75,3 +76,39 @@ def noisy_app() -> FastAPI:
         return {"status": "logged"}
 
     return app
+
+
+def jobs_app() -> FastAPI:
+    """The service with a job and a start-up task of the tests, shaped by the environment.
+
+    ``JOB_SCHEDULE`` (a cron expression; no job without it), ``JOB_CATCH_UP`` (its policy) and
+    ``JOB_SECONDS`` (how long each run takes); ``TASK_VERSION`` (no task without it) and
+    ``TASK_GATE`` (a path: the task finishes once that file exists). Each run of either appends
+    ``start|end <key> <pid> <unix time>`` to ``RUNS_FILE``. Declared when the factory runs, once in
+    each worker process, exactly as ``jobs.py`` declares the service's own.
+    """
+    env = os.environ
+    if "JOB_SCHEDULE" in env:
+
+        @scheduled(env["JOB_SCHEDULE"], catch_up=env.get("JOB_CATCH_UP", "all"))  # type: ignore[arg-type]
+        async def counted(run: Run) -> None:
+            note("start", run.key)
+            await asyncio.sleep(float(env.get("JOB_SECONDS", "0")))
+            note("end", run.key)
+
+    if "TASK_VERSION" in env:
+
+        @startup_task(version=env["TASK_VERSION"])
+        async def gated(run: StartupRun) -> None:
+            note("start", run.key)
+            while not Path(env["TASK_GATE"]).exists():
+                await asyncio.sleep(0.05)
+            note("end", run.key)
+
+    return create_app()
+
+
+def note(event: str, key: str) -> None:
+    """Append one line to RUNS_FILE (one small write in append mode: lines of workers never mix)."""
+    with open(os.environ["RUNS_FILE"], "a") as runs:
+        runs.write(f"{event} {key} {os.getpid()} {time.time():.6f}\n")

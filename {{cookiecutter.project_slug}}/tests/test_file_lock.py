@@ -588,3 +588,25 @@ def test_the_primary_relocks_a_deleted_lock_file_itself(lock_path: Path) -> None
         await lock.close()
 
     run_scenario(scenario)
+
+
+def test_the_ledger_prunes_old_runs_but_keeps_start_up_tasks_for_good(lock_path: Path) -> None:
+    """A start-up task's run is the memory of a release: forgetting it would run the task again."""
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        ledger = lock.run_ledger()
+        for job, period in [("startup:migrate", "1.0.0"), ("report", "20260101T070000Z")]:
+            assert await ledger.claim(job, period) == "claimed"
+            await ledger.finish(job, period)
+        with sqlite3.connect(lock_path.with_name(f"{lock_path.name}.runs.sqlite3")) as db:
+            db.execute("UPDATE runs SET updated = datetime('now', '-40 days')")  # both a month old
+        assert await ledger.claim("report", "20260301T070000Z") == "claimed"
+        await ledger.finish("report", "20260301T070000Z")  # prunes what is older than 30 days
+
+        assert await ledger.is_done("startup:migrate", "1.0.0")
+        assert not await ledger.is_done("report", "20260101T070000Z")
+        await lock.release()
+
+    run_scenario(scenario)

@@ -26,13 +26,13 @@ from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.notifications.alerts import AlertDigest
 from {{ cookiecutter.package_name }}.notifications.mail import Mailer, new_message
 
-from conftest import Server
+from conftest import Server, status_output
 from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env, period_of
 from support import free_port, run_scenario, self_signed_certificate, wait_until
 
 
 def test_four_workers_send_exactly_one_report_per_period(
-    start_server: Callable[..., Server], smtp_sink: MailSink
+    start_server: Callable[..., Server], lock_env: dict[str, str], smtp_sink: MailSink
 ) -> None:
     server = start_server("uvicorn", workers=4, env=mail_env(smtp_sink))
 
@@ -42,6 +42,12 @@ def test_four_workers_send_exactly_one_report_per_period(
     assert_each_period_once_without_gaps(smtp_sink.periods())
     message = smtp_sink.received("<report.")[0]
     assert message["To"] == "ops@example.com" and "Report" in str(message["Subject"])
+    # The status command lists the report job, as the run ledger knows it.
+    last = max(smtp_sink.periods()).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    status = status_output(lock_env, **mail_env(smtp_sink))
+    schedule = "schedule '*/2 * * * * *' (UTC, catch-up all within 3600 s)"
+    assert f"job report: {schedule}; last done: {last};" in status
+    assert "start-up task prepare_storage: version 0.1.0 done; last failure: none" in status
 
 
 def test_a_crash_of_the_primary_neither_duplicates_nor_loses_a_period(
@@ -99,8 +105,15 @@ def test_reports_missed_while_the_mail_server_is_down_are_sent_when_it_is_back(
 ) -> None:
     sink = MailSink()  # not started yet: nothing listens on its port
     server = start_server("uvicorn", workers=2, env=mail_env(sink))
-    missed = period_of(server.wait_for_log(r"WARNING .*Report report:\S+ not sent, will retry"))
+    missed = period_of(server.wait_for_log(r"WARNING .*Run report:\S+ failed, will retry"))
     assert server.get("/health").status_code == 200  # the service keeps serving
+
+    def failure_shown() -> bool:  # by any worker: the failure is noted in the shared ledger
+        jobs = server.get("/health/worker").json()["jobs"]
+        report = next(job for job in jobs if job["name"] == "report")
+        return bool(report["last_failure"] and report["last_failure"]["run"].startswith("report:"))
+
+    wait_until(failure_shown, "/health/worker to show the report's last failure")
 
     sink.start()
     try:

@@ -573,3 +573,29 @@ def test_a_wrong_password_keeps_every_worker_standby_and_is_not_shown(
     assert answer["role"] == "standby" and "refused the credentials" in answer["lock_error"]
     output = server.output() + str(answer) + status_output(lock_env, DATABASE_URL=url)
     assert_no_secret(output, *SECRET_FORMS)
+
+
+def test_the_ledger_prunes_old_runs_but_keeps_start_up_tasks_for_good(lock_env: dict[str, str]) -> None:
+    """A start-up task's run is the memory of a release: forgetting it would run the task again."""
+    settings = settings_from(lock_env)
+    _, runs = table_names(settings.lock_key_prefix)
+
+    async def scenario() -> None:
+        lock = make_lock(settings)
+        assert await lock.try_acquire()
+        ledger = lock.run_ledger()
+        for job, period in [("startup:migrate", "1.0.0"), ("report", "20260101T070000Z")]:
+            assert await ledger.claim(job, period) == "claimed"
+            await ledger.finish(job, period)
+        age = sql.SQL("UPDATE {} SET updated_at = now() - interval '40 days'").format(sql.Identifier(runs))
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(age)  # both a month old
+        for job, period in [("startup:migrate", "2.0.0"), ("report", "20260301T070000Z")]:
+            assert await ledger.claim(job, period) == "claimed"
+            await ledger.finish(job, period)  # prunes what is older than 30 days
+
+        assert await ledger.is_done("startup:migrate", "1.0.0")
+        assert not await ledger.is_done("report", "20260101T070000Z")
+        await lock.close()
+
+    run_scenario(scenario)

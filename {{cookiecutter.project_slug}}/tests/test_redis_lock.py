@@ -810,3 +810,24 @@ def test_a_lease_that_vanishes_after_renewals_is_waited_out_from_the_last_renewa
         await successor.close()
 
     run_scenario(scenario)
+
+
+def test_the_ledger_keeps_start_up_tasks_for_good_and_other_runs_for_a_month(
+    lock_env: dict[str, str],
+) -> None:
+    """A start-up task's run is the memory of a release: forgetting it would run the task again."""
+
+    async def scenario() -> None:
+        lock = make_lock(settings_from(lock_env))
+        assert isinstance(lock, RedisLock) and await lock.try_acquire()
+        ledger = lock.run_ledger()
+        for job, period in [("startup:migrate", "1.0.0"), ("report", "20260101T070000Z")]:
+            assert await ledger.claim(job, period) == "claimed"
+            await ledger.finish(job, period)
+
+        assert await lock.client.ttl(f"{lock.run_prefix}:startup:migrate:1.0.0") == -1  # no expiry
+        assert 29 * 86400 < await lock.client.ttl(f"{lock.run_prefix}:report:20260101T070000Z") <= 30 * 86400
+        await lock.release()
+        await lock.close()
+
+    run_scenario(scenario)

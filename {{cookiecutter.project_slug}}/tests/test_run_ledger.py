@@ -1,4 +1,5 @@
-"""The run ledger and the catch-up rules, in one process with real locks of the chosen backend."""
+"""The run ledger and the catch-up rules of scheduled jobs, in one process with real locks of the
+chosen backend."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Election, make_lock
-from {{ cookiecutter.package_name }}.notifications.mail import Mailer
-from {{ cookiecutter.package_name }}.notifications.reports import (
+from {{ cookiecutter.package_name }}.coordination import Election, Jobs, Run, Schedule, make_lock
+from {{ cookiecutter.package_name }}.coordination.jobs import (
     CURRENT_PERIOD_SECONDS,
     PERIOD_FORMAT,
-    ReportSender,
+    JobRunner,
+    ScheduledJob,
 )
 
 from conftest import settings_from
@@ -78,12 +79,23 @@ def test_a_deposed_holder_that_still_believes_it_holds_the_lock_is_fenced_out(
     run_scenario(scenario)
 
 
+async def nothing(run: Run) -> None:
+    """A job whose runs the tests never start: they look at which periods are due."""
+
+
+def runner(settings: Settings, election: Election, schedule: Schedule) -> JobRunner:
+    """The runner of a job named "report" with ``schedule``, on ``election``'s worker."""
+    job = ScheduledJob("report", nothing, schedule)
+    return JobRunner(job, election, Jobs(settings, [job], []))
+
+
+EVERY_SECOND = "* * * * * *"
+
+
 def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
     lock_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = settings_from(lock_env).model_copy(
-        update={"report_schedule": "* * * * * *", "report_catch_up_seconds": 10.0}
-    )
+    settings = settings_from(lock_env)
 
     async def scenario() -> None:
         election = Election(make_lock(settings))
@@ -94,7 +106,7 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
         assert await ledger.claim("report", last_sent) == "claimed"
         await ledger.finish("report", last_sent)
 
-        due = await ReportSender(settings, election, Mailer(settings)).due_periods(now)
+        due = await runner(settings, election, Schedule(EVERY_SECOND, catch_up_seconds=10)).due_periods(now)
 
         # The catch-up window (10 s, and the current period's 5 s), oldest first.
         assert due[0] == now - timedelta(seconds=10 + CURRENT_PERIOD_SECONDS)
@@ -103,29 +115,51 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
 
     with caplog.at_level(logging.WARNING):
         run_scenario(scenario)
-    assert "Skipping 44 report period(s)" in caplog.text  # 59 missed, 15 of them still in the window
+    assert "Job report: skipping 44 period(s)" in caplog.text  # 59 missed, 15 of them still in the window
 
 
-def every_second(lock_env: dict[str, str]) -> Settings:
-    return settings_from(lock_env).model_copy(
-        update={"report_schedule": "* * * * * *", "report_catch_up_seconds": 3600.0}
-    )
-
-
-def test_a_ledger_created_anew_sends_nothing_older_than_itself(lock_env: dict[str, str]) -> None:
-    """Primary for ten minutes, then its ledger is lost (deleted, or Redis lost its data): nothing
-    says which of those periods were sent, so none of them is sent again."""
-    settings = every_second(lock_env)
+@pytest.mark.parametrize(("policy", "expected"), [("all", 16), ("latest", 1), ("none", 6)])
+def test_catch_up_policies(lock_env: dict[str, str], policy: str, expected: int) -> None:
+    """A minute missed: "all" runs what is inside the window, "latest" only the newest period,
+    "none" only the current one (a period that came due at most 5 s ago)."""
+    settings = settings_from(lock_env)
 
     async def scenario() -> None:
         election = Election(make_lock(settings))
         await election.start()
-        sender = ReportSender(settings, election, Mailer(settings))
-        sender.promoted_at = datetime.now(UTC) - timedelta(minutes=10)
+        now = datetime.now(UTC).replace(microsecond=0)
+        ledger = election.lock.run_ledger()
+        last = f"{(now - timedelta(seconds=60)).strftime(PERIOD_FORMAT)}"
+        assert await ledger.claim("report", last) == "claimed"
+        await ledger.finish("report", last)
+        schedule = Schedule(EVERY_SECOND, catch_up=policy, catch_up_seconds=10)  # type: ignore[arg-type]
+
+        due = await runner(settings, election, schedule).due_periods(now)
+
+        assert len(due) == expected and due[-1] == now, due
+        await election.stop()
+
+    run_scenario(scenario)
+
+
+def every_second(lock_env: dict[str, str]) -> tuple[Settings, Schedule]:
+    return settings_from(lock_env), Schedule(EVERY_SECOND, catch_up_seconds=3600.0)
+
+
+def test_a_ledger_created_anew_sends_nothing_older_than_itself(lock_env: dict[str, str]) -> None:
+    """Primary for ten minutes, then its ledger is lost (deleted, or Redis lost its data): nothing
+    says which of those periods were run, so none of them is run again."""
+    settings, schedule = every_second(lock_env)
+
+    async def scenario() -> None:
+        election = Election(make_lock(settings))
+        await election.start()
+        job = runner(settings, election, schedule)
+        job.promoted_at = datetime.now(UTC) - timedelta(minutes=10)
         created = datetime.fromtimestamp(await election.lock.run_ledger().created_at(), UTC)
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
 
-        due = await sender.due_periods(now)
+        due = await job.due_periods(now)
 
         assert due and min(due) >= created - timedelta(seconds=1), due[:3]
         assert len(due) <= 4  # not the 600 periods since the promotion
@@ -137,19 +171,19 @@ def test_a_ledger_created_anew_sends_nothing_older_than_itself(lock_env: dict[st
 def test_a_report_marked_sent_in_the_future_is_ignored_with_an_error(
     lock_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = every_second(lock_env)
+    settings, schedule = every_second(lock_env)
 
     async def scenario() -> None:
         election = Election(make_lock(settings))
         await election.start()
-        sender = ReportSender(settings, election, Mailer(settings))
+        job = runner(settings, election, schedule)
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         ledger = election.lock.run_ledger()
         tomorrow = f"{(now + timedelta(days=1)).strftime(PERIOD_FORMAT)}"
         assert await ledger.claim("report", tomorrow) == "claimed"  # a primary whose clock was a day ahead
         await ledger.finish("report", tomorrow)
 
-        assert await sender.due_periods(now)  # reports go on, instead of waiting for tomorrow
+        assert await job.due_periods(now)  # runs go on, instead of waiting for tomorrow
         await election.stop()
 
     with caplog.at_level(logging.ERROR):
@@ -158,12 +192,13 @@ def test_a_report_marked_sent_in_the_future_is_ignored_with_an_error(
 
 
 def test_with_no_catch_up_the_current_period_is_still_sent(lock_env: dict[str, str]) -> None:
-    settings = every_second(lock_env).model_copy(update={"report_catch_up_seconds": 0.0})
+    settings = settings_from(lock_env)
+    schedule = Schedule(EVERY_SECOND, catch_up_seconds=0.0)
 
     async def scenario() -> None:
         election = Election(make_lock(settings))
         await election.start()
-        sender = ReportSender(settings, election, Mailer(settings))
+        job = runner(settings, election, schedule)
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         ledger = election.lock.run_ledger()
         last = f"{(now - timedelta(seconds=10)).strftime(PERIOD_FORMAT)}"
@@ -171,7 +206,7 @@ def test_with_no_catch_up_the_current_period_is_still_sent(lock_env: dict[str, s
         await ledger.finish("report", last)
 
         # The run starts a moment after its period: that period is the current one, not a missed one.
-        due = await sender.due_periods(now + timedelta(milliseconds=300))
+        due = await job.due_periods(now + timedelta(milliseconds=300))
 
         assert now in due and all(period >= now - timedelta(seconds=5) for period in due)
         await election.stop()
@@ -181,15 +216,10 @@ def test_with_no_catch_up_the_current_period_is_still_sent(lock_env: dict[str, s
 
 @pytest.mark.parametrize(("schedule", "expected"), [("*/30 2 * * *", 2), ("30 2 * * *", 1)])
 def test_the_hour_that_repeats_when_summer_time_ends_sends_no_period_twice(
-    lock_env: dict[str, str], schedule: str, expected: int
+    schedule: str, expected: int
 ) -> None:
     """In Vienna, on 31 October 2027, 02:00 to 02:59 comes twice (00:00 to 01:59 UTC)."""
-    settings = settings_from(lock_env).model_copy(
-        update={"report_schedule": schedule, "report_timezone": "Europe/Vienna"}
-    )
-    sender = ReportSender(settings, Election(make_lock(settings)), Mailer(settings))
-
-    times = sender.fire_times(
+    times = Schedule(schedule, timezone="Europe/Vienna").fire_times(
         datetime(2027, 10, 30, 23, 0, tzinfo=UTC), datetime(2027, 10, 31, 3, 0, tzinfo=UTC)
     )
 

@@ -1,37 +1,39 @@
 """The FastAPI application, served by the launcher (``python -m <package>``) or by uvicorn directly.
 
 FastAPI runs the lifespan in every worker process. Here the lifespan runs this worker's part of the
-election (``worker.py``): the one worker that wins the primary lock runs the singleton services
-(``services.py``); every worker serves every route. Nothing here runs per request.
+election (``worker.py``): the one worker that wins the primary lock runs the singleton jobs declared
+in ``jobs.py``; every worker serves every route. Nothing here runs per request.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
+from . import jobs  # noqa: F401  (declares the service's jobs)
 from .config import ConfigError, Settings, load_settings
-from .coordination import Election, SingletonService
+from .coordination import Election, LockError, SingletonService, declared_jobs
 from .logs import configure_logging
 from .metrics import exposition
-from .services import singleton_services
 from .worker import run_worker
 
 
-def create_app(settings: Settings | None = None, services: list[SingletonService] | None = None) -> FastAPI:
-    """Build the application; tests may pass their own settings and singleton services."""
+def create_app(settings: Settings | None = None, extra_services: Sequence[SingletonService] = ()) -> FastAPI:
+    """Build the application; tests may pass their own settings and more singleton services."""
     settings = settings or load_settings()
-    services = singleton_services(settings) if services is None else services
+    singleton_jobs = declared_jobs(settings)
     configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with run_worker(settings, services) as election:
+        async with run_worker(settings, [singleton_jobs.run_on_primary, *extra_services]) as election:
             app.state.election = election
+            app.state.ledger = election.lock.run_ledger()  # read by every worker: readiness, job status
             yield
 
     app = FastAPI(
@@ -45,11 +47,31 @@ def create_app(settings: Settings | None = None, services: list[SingletonService
         """Liveness: the worker answers."""
         return {"status": "ok"}
 
+    @app.api_route("/health/ready", methods=["GET", "HEAD"])
+    async def ready(request: Request, response: Response) -> dict[str, Any]:
+        """Readiness: 200 once every start-up task of this version is done (whichever worker ran
+        it: the run ledger is shared), else 503 with what is pending."""
+        answer: dict[str, Any] = {"pid": os.getpid()}
+        try:
+            pending = await singleton_jobs.pending(request.app.state.ledger)
+        except LockError as exc:
+            response.status_code = 503
+            return {**answer, "status": "unknown", "error": str(exc)}
+        if pending:
+            response.status_code = 503
+            return {**answer, "status": "starting", "pending": pending}
+        return {**answer, "status": "ready", "pending": []}
+
     @app.get("/health/worker")
     async def worker_health(request: Request) -> dict[str, Any]:
-        """The serving worker's role in the election, and who holds the primary lock."""
+        """The serving worker's role in the election, who holds the primary lock, and the jobs."""
         election: Election = request.app.state.election
-        return await election.status()
+        status = await election.status()
+        try:
+            status["jobs"] = await singleton_jobs.describe(request.app.state.ledger)
+        except LockError as exc:
+            status["jobs"], status["jobs_error"] = None, str(exc)
+        return status
 
     @app.get("/metrics")
     def metrics() -> Response:

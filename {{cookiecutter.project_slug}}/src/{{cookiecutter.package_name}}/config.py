@@ -13,12 +13,12 @@ from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from annotated_types import Ge, Gt, Le
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .coordination.backend import SECRET_SETTINGS as BACKEND_SECRET_SETTINGS
 from .coordination.backend import BackendSettings
+from .coordination.jobs import cron_trigger
 
 SECRET_SETTINGS = {"SMTP_PASSWORD", *BACKEND_SECRET_SETTINGS}
 """Settings whose value may hold a password: never repeated in an error message."""
@@ -125,30 +125,6 @@ EMAIL_ADDRESS = re.compile(r"[^@\s,<>]+@[^@\s,<>]+")
 
 def split_addresses(value: str) -> list[str]:
     return [address.strip() for address in value.split(",") if address.strip()]
-
-
-def cron_trigger(expression: str, timezone: str) -> CronTrigger:
-    """APScheduler's trigger for a 5-field crontab, or 6 fields with leading seconds."""
-    fields = expression.split()
-    if len(fields) not in (5, 6):
-        raise ValueError("must have 5 crontab fields (minute hour day month weekday) or 6 (seconds first)")
-    second = fields.pop(0) if len(fields) == 6 else "0"
-    minute, hour, day, month, weekday = fields
-    if any(char.isdigit() for char in weekday):
-        # crontab counts Sunday as 0, APScheduler 3 counts Monday as 0: names avoid the trap.
-        raise ValueError("write the weekday field with names (mon-fri, sun) or *, not numbers")
-    try:
-        return CronTrigger(
-            second=second,
-            minute=minute,
-            hour=hour,
-            day=day,
-            month=month,
-            day_of_week=weekday,
-            timezone=timezone,
-        )
-    except ValueError as exc:
-        raise ValueError(f"is not a valid schedule: {exc}") from None
 
 
 def allowed_range(field_name: str) -> str | None:

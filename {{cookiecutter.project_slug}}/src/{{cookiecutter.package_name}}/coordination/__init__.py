@@ -1,7 +1,8 @@
-"""Primary-worker election: exactly one worker runs the singleton services, every worker serves HTTP.
+"""Primary-worker election: exactly one worker runs the singleton jobs, every worker serves HTTP.
 
 Start with ``election.py`` (the loop every worker runs), then the lock it campaigns for (the module
-that ``backend.py`` names).
+that ``backend.py`` names), then ``jobs.py`` (what the primary runs: ``@scheduled`` jobs and
+``@startup_task`` tasks, declared in the service's own ``jobs.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from .backend import make_lock
 from .base import Holder, LockError, PrimaryLock
 from .election import Election, SingletonService, hold_through_takeover
+from .jobs import Jobs, Run, Schedule, StartupRun, declared_jobs, scheduled, startup_task
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -19,11 +21,18 @@ if TYPE_CHECKING:
 __all__ = [
     "Election",
     "Holder",
+    "Jobs",
     "LockError",
     "PrimaryLock",
+    "Run",
+    "Schedule",
     "SingletonService",
+    "StartupRun",
+    "declared_jobs",
     "is_primary_worker",
     "make_lock",
+    "scheduled",
+    "startup_task",
 ]
 
 logger = logging.getLogger(__name__)

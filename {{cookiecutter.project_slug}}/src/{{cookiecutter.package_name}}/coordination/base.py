@@ -53,6 +53,11 @@ class Holder:
         return text
 
 
+STARTUP_JOB_PREFIX = "startup:"
+"""Runs of jobs named ``startup:<task>`` (a start-up task's version) are kept for good: forgetting one
+would run the task again, and make every worker not ready meanwhile. Other runs may be pruned after a
+month."""
+
 Claim = Literal["claimed", "done", "fenced"]
 """What a claim in the run ledger found: ours to do now; done already; or not ours, because this
 worker is no longer the primary (or a newer primary has claimed it)."""
@@ -63,7 +68,8 @@ class RunLedger(Protocol):
 
     A run is one ``period`` of one ``job``: a report's "20261128T070000Z", a start-up task's
     version. Claims are fenced: only the current primary can claim, so a deposed primary, even one
-    that does not know it yet, cannot run a period again.
+    that does not know it yet, cannot run a period again. Done runs of start-up tasks (jobs named
+    ``STARTUP_JOB_PREFIX`` + name) are never pruned.
     """
 
     async def claim(self, job: str, period: str) -> Claim:

@@ -1,7 +1,7 @@
 """The election: one task per worker that keeps campaigning for the primary lock.
 
 Every worker serves HTTP. Exactly one of them, the primary, also runs the singleton services (the
-report scheduler, start-up migrations). The election in each worker goes round this loop for as long
+jobs and start-up tasks of ``jobs.py``). The election in each worker goes round this loop for as long
 as the worker lives::
 
     standby --(lock acquired)--> primary --(lock lost, or cannot be verified)--> standby --> ...

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field, field_validator
 
-from .base import Claim, Holder, LockError
+from .base import STARTUP_JOB_PREFIX, Claim, Holder, LockError
 from .process import boot_id, is_running, pid_namespace
 
 if TYPE_CHECKING:
@@ -342,8 +342,9 @@ class FileRunLedger:
 
     Each claim is one SQLite transaction (``BEGIN IMMEDIATE`` takes SQLite's own write lock), so even
     two processes that both believe they are primary, in the second after someone replaced the lock
-    file by hand, cannot both claim one period. Rows older than ``KEEP_DAYS`` are pruned. The file
-    follows the lock file's rules: private directory, no symbolic link, the service's own, mode 0600.
+    file by hand, cannot both claim one period. Rows older than ``KEEP_DAYS`` are pruned, except the
+    runs of start-up tasks. The file follows the lock file's rules: private directory, no symbolic
+    link, the service's own, mode 0600.
     """
 
     KEEP_DAYS = 30
@@ -409,7 +410,10 @@ class FileRunLedger:
         db.execute(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, 'done', ?, datetime('now'))", (job, period, epoch)
         )
-        db.execute("DELETE FROM runs WHERE updated < datetime('now', ?)", (f"-{self.KEEP_DAYS} days",))
+        db.execute(  # start-up tasks are kept: forgetting one would run it again
+            "DELETE FROM runs WHERE updated < datetime('now', ?) AND substr(job, 1, ?) != ?",
+            (f"-{self.KEEP_DAYS} days", len(STARTUP_JOB_PREFIX), STARTUP_JOB_PREFIX),
+        )
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(self._transaction, work, *args)

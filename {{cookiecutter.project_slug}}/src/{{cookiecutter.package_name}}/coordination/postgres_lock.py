@@ -62,7 +62,7 @@ from psycopg.rows import TupleRow
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..redaction import mask_url, url_secrets
-from .base import Claim, Holder, LockError
+from .base import STARTUP_JOB_PREFIX, Claim, Holder, LockError
 from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock
 
 if TYPE_CHECKING:
@@ -603,7 +603,7 @@ class PostgresRunLedger:
     """
 
     KEEP_SECONDS = 30 * 86400
-    """Runs done longer ago are deleted, except each job's latest."""
+    """Runs done longer ago are deleted, except each job's latest, and start-up tasks' for good."""
 
     def __init__(self, lock: PostgresLock) -> None:
         self.lock = lock
@@ -657,6 +657,8 @@ class PostgresRunLedger:
         async def finish(conn: Connection) -> None:
             async with conn.transaction():
                 await self._write(conn, job, period, "done")
+                if job.startswith(STARTUP_JOB_PREFIX):
+                    return  # the memory of a release: forgetting it would run the task again
                 query = """DELETE FROM {runs} WHERE job = %s AND period < %s AND state = 'done'
                     AND updated_at < clock_timestamp() - %s * interval '1 s'"""
                 await conn.execute(self.lock._sql(query), (job, period, self.KEEP_SECONDS))

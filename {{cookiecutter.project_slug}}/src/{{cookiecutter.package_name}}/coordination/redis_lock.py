@@ -48,7 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..redaction import mask_url, url_secrets
-from .base import Claim, Holder, LockError
+from .base import STARTUP_JOB_PREFIX, Claim, Holder, LockError
 from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock
 
 if TYPE_CHECKING:
@@ -395,10 +395,10 @@ return 'claimed'
 """
 
 FINISH = """
--- KEYS: run, latest. ARGV: epoch, keep_seconds, period
+-- KEYS: run, latest. ARGV: epoch, keep_seconds (0: for good), period
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'done', 'epoch', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 local latest = nil
 if redis.call('TYPE', KEYS[2]).ok == 'string' then latest = redis.call('GET', KEYS[2]) end
 if not latest or latest < ARGV[3] then redis.call('SET', KEYS[2], ARGV[3]) end
@@ -424,7 +424,8 @@ return 1
 
 
 class RedisRunLedger:
-    """The run ledger of the Redis backend: one hash per run, ``<prefix>:run:<job>:<period>``.
+    """The run ledger of the Redis backend: one hash per run, ``<prefix>:run:<job>:<period>``,
+    kept for 30 days (the runs of start-up tasks for good).
 
     A claim is one script that first checks the lease and the epoch: it succeeds only while this
     worker's token is in the lease and its epoch is the current one (fencing), so a deposed primary,
@@ -450,7 +451,8 @@ class RedisRunLedger:
 
     async def finish(self, job: str, period: str) -> None:
         keys = [self._run_key(job, period), self._latest_key(job)]
-        await self.lock.call(self._finish(keys=keys, args=[self.lock.epoch, self.KEEP_SECONDS, period]))
+        keep = 0 if job.startswith(STARTUP_JOB_PREFIX) else self.KEEP_SECONDS  # start-up tasks: for good
+        await self.lock.call(self._finish(keys=keys, args=[self.lock.epoch, keep, period]))
 
     async def abandon(self, job: str, period: str) -> None:
         await self.lock.call(self._abandon(keys=[self._run_key(job, period)], args=[self.lock.epoch]))
