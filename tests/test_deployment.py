@@ -95,5 +95,5 @@ def test_the_prometheus_alert_rules_use_the_metrics_the_service_exports(bake: Ca
     source = (project / "src" / "my_service" / "metrics.py").read_text()
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning"} and rule["annotations"]["summary"]
-        for metric in re.findall(r"\b(primary_\w+?)(?:_total)?\{", rule["expr"]):
+        for metric in re.findall(r"\b((?:primary|singleton)_\w+?)(?:_total)?\{", rule["expr"]):
             assert f'"{metric}"' in source, f"{rule['alert']} uses {metric}, which the service does not export"

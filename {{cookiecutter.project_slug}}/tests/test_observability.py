@@ -81,3 +81,16 @@ def test_metrics_that_cannot_be_written_never_stop_the_election(
     assert server.get("/metrics").status_code == 503
     assert server.get("/health/worker").json()["lock_error"] is None
     server.wait_for_log(r"ERROR .*Metrics cannot be written; this worker goes on without them")
+
+
+def test_job_runs_are_counted_for_every_worker_to_see(start_server: Callable[..., Server]) -> None:
+    every_second = {"REPORT_RECIPIENTS": "ops@example.com", "REPORT_SCHEDULE": "* * * * * *"}
+    server = start_server("uvicorn", workers=2, env={**every_second, "EMAIL_BACKEND": "console"})
+    server.wait_for_primary()
+    done = re.compile(r'^singleton_job_runs_total\{job="report",outcome="done"\} ([0-9.]+)$', re.MULTILINE)
+
+    def counted() -> float | None:
+        found = done.search(server.get("/metrics").text)  # whichever worker answers
+        return float(found[1]) if found and float(found[1]) >= 2 else None
+
+    assert wait_until(counted, "two report runs counted in /metrics") >= 2

@@ -57,6 +57,8 @@ class WorkerMetrics:
     transitions: Counter
     lock_errors: Counter
     renew_failures: Counter
+    job_runs: Counter
+    missed_periods: Counter
 
 
 def metrics_directory() -> Path:
@@ -109,6 +111,8 @@ def worker_metrics() -> WorkerMetrics:
         renew_failures=Counter(
             "primary_lease_renew_failures", "Renewals of the primary lease that failed (lease backends)"
         ),
+        job_runs=Counter("singleton_job_runs", "Runs of jobs and start-up tasks", ["job", "outcome"]),
+        missed_periods=Counter("singleton_job_missed_periods", "Periods of a job that were skipped", ["job"]),
     )
 
 
@@ -126,6 +130,15 @@ def count_lock_error() -> None:
 
 def count_renew_failure() -> None:
     _safely(lambda metrics: metrics.renew_failures.inc())
+
+
+def count_job_run(job: str, outcome: str) -> None:
+    """``outcome``: done, failed or timeout."""
+    _safely(lambda metrics: metrics.job_runs.labels(job=job, outcome=outcome).inc())
+
+
+def count_missed_periods(job: str, periods: int) -> None:
+    _safely(lambda metrics: metrics.missed_periods.labels(job=job).inc(periods))
 
 
 _broken = False

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 
 from apscheduler.triggers.cron import CronTrigger
 
+from ..metrics import count_job_run, count_missed_periods
 from .base import STARTUP_JOB_PREFIX, LockError, RunLedger
 
 if TYPE_CHECKING:
@@ -337,6 +338,7 @@ class Jobs:
         try:
             async with deadline:
                 await work
+            count_job_run(job, "done")
             return True
         except asyncio.CancelledError:
             raise
@@ -344,9 +346,11 @@ class Jobs:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 error = f"took longer than its timeout of {timeout:g} s"
                 logger.warning("Run %s failed, will retry: %s", key, error)
+                count_job_run(job, "timeout")
             else:
                 error = f"{type(exc).__name__}: {exc}"
                 logger.warning("Run %s failed, will retry: %s", key, error, exc_info=True)
+                count_job_run(job, "failed")
         self.last_errors[job] = error
         try:
             if await ledger.claim(f"{FAILED_JOB_PREFIX}{job}", period) == "claimed":
@@ -501,6 +505,7 @@ class JobRunner:
             floor = max(window_start, created)
             unknown = schedule.fire_times(max(first, window_start), created)
             if unknown:
+                count_missed_periods(name, len(unknown))
                 logger.warning(
                     "Not running %d period(s) of job %s from %s to %s again: the run ledger was "
                     "created only at %s (it was lost), so nothing says whether they ran",
@@ -520,6 +525,7 @@ class JobRunner:
 
     def _log_skipped(self, periods: list[datetime], why: str) -> None:
         if periods:
+            count_missed_periods(self.job.name, len(periods))
             logger.warning(
                 "Job %s: skipping %d period(s) from %s to %s: %s",
                 self.job.name,
