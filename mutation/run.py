@@ -112,6 +112,11 @@ NOTIFICATION_TESTS = [
     "tests/test_run_ledger.py",
     "tests/test_notifications.py",
 ]
+JOB_TESTS = [
+    "tests/test_run_ledger.py",
+    "tests/test_jobs.py",
+    "tests/test_notifications.py",
+]
 
 TARGETS = [
     Target("redis_lua", "redis", "coordination/redis_lock.py", [], LEDGER_TESTS, focus=True),
@@ -197,11 +202,11 @@ TARGETS = [
         ELECTION_TESTS,
     ),
     Target(
-        "reports",
+        "jobs",
         "file",
-        "notifications/reports.py",
-        ["ReportSender.send_due", "ReportSender.due_periods", "ReportSender.fire_times"],
-        NOTIFICATION_TESTS,
+        "coordination/jobs.py",
+        ["Schedule.fire_times", "Jobs._run_task", "Jobs.attempt", "JobRunner.run_due", "JobRunner.due_periods"],
+        JOB_TESTS,
     ),
     Target(
         "alerts",
