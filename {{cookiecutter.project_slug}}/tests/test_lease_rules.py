@@ -351,3 +351,41 @@ def test_a_takeover_wait_is_logged_with_its_reason_and_none_is_logged_without_on
         assert len(said) == 1 and "waiting 0.5 s" in said[0] and lease.WHY_WAIT["vanished"] in said[0]
     else:
         assert said == []
+
+
+def test_failed_renewals_are_counted_and_logged_and_a_lost_lease_is_logged(
+    clock: Clock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an operator sees of a struggling primary: WARNING lines and the metric they alert on."""
+    counted: list[None] = []
+    monkeypatch.setattr(lease, "count_renew_failure", lambda: counted.append(None))
+
+    async def scenario() -> None:
+        lock = MemoryLease(clock)
+        assert await lock.try_acquire()
+        lock.renewal = "fail"
+        holding = asyncio.create_task(lock.hold())
+        await asyncio.sleep(0.9)  # the first renewal at 0.5 s fails, and a retry or two after it
+        lock.renewal = "lost"
+        await asyncio.wait_for(holding, 1)
+
+    with caplog.at_level(logging.WARNING, logger=lease.__name__):
+        run_scenario(scenario)
+    failed = [r for r in caplog.records if r.getMessage().startswith("Renewing the primary lease failed")]
+    assert len(counted) == len(failed) >= 2
+    assert any("is gone or held by another worker" in r.getMessage() for r in caplog.records)
+
+
+def test_hold_returns_when_the_lease_is_released_meanwhile(clock: Clock) -> None:
+    """A shutdown releases the lease while ``hold`` sleeps until its next renewal: it simply ends."""
+
+    async def scenario() -> None:
+        lock = MemoryLease(clock)
+        assert await lock.try_acquire()
+        holding = asyncio.create_task(lock.hold())
+        await asyncio.sleep(0.1)
+        await lock.release()
+        await asyncio.wait_for(holding, 1)  # no error, no renewal of a lease given back
+        assert lock.renewals == []
+
+    run_scenario(scenario)

@@ -180,6 +180,8 @@ class LeaseLock(ABC):
         while self._renewed_at is not None:
             deadline = self._renewed_at + belief_window(self.ttl)
             await asyncio.sleep(max(0.0, min(self._next_renewal, deadline) - time.monotonic()))
+            if self._renewed_at is None:
+                return  # released meanwhile (the worker shuts down): nothing to keep
             if not self.is_held():
                 self._renewed_at = None
                 raise LockError(
