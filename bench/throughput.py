@@ -3,7 +3,7 @@
 
 Run from the repository root, on Linux (it reads /proc), with wrk on PATH (Debian: ``apt-get install wrk``):
 
-    .venv/bin/python bench/throughput.py [--rounds 3] [--seconds 10] [--backend file|redis] [--quiet 15] [--out t.json]
+    .venv/bin/python bench/throughput.py [--rounds 3] [--seconds 10] [--backend file|redis|postgres] [--quiet 15] [--out t.json]
 
 It bakes this template with cookiecutter's Python API into a temporary directory, writes a plain
 FastAPI module with the same ``GET /health`` (no lifespan, nothing else), and starts both with
@@ -28,7 +28,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness.project import bake, use_baked_tests
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MEDIAN_KEYS = ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req", "other_cpu_pct")
 # The route exactly as in the generated api.py, return annotation included: with it FastAPI serializes
@@ -56,12 +56,6 @@ async def health() -> dict[str, str]:
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``condition()`` every 50 ms until it is true; exit with a message after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -72,11 +66,18 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
 
 
 class Server:
-    """``python -m uvicorn <app> --workers N`` in its own process group, its output in a log file."""
+    """``python -m uvicorn <app> --workers N`` in its own process group, its output in a log file.
+
+    Not the generated tests' ``Server`` (which harness.servers.BenchServer extends): that one reads
+    the output through a pipe in a thread of this process, which would compete for the two cores with
+    the servers and wrk while they are measured, and it cannot pin the server to a core (--pin).
+    """
 
     def __init__(
         self, name: str, app: str, env: dict[str, str], tmp: Path, workers: int, cpus: set[int] | None = None
     ) -> None:
+        from support import free_port  # the baked tests' (importable once baked)
+
         self.name, self.port, self.log = name, free_port(), tmp / f"{name}.log"
         argv = [sys.executable, "-m", "uvicorn", app, "--workers", str(workers), "--no-access-log"]
         argv += ["--host", "127.0.0.1", "--port", str(self.port)]
@@ -125,30 +126,19 @@ class Server:
         self.process.wait()
 
 
-def bake(tmp: Path, backend: str) -> Path:
-    """Bake the template with ``lock_backend=backend``; return the baked project's ``src`` directory."""
-    from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
+def start_lock_server(backend: str) -> tuple[Any, dict[str, str]]:
+    """The server a lease backend needs, started as the generated tests start theirs (the baked
+    tests' RedisServer or PostgresServer, on a free port), and the settings that point ours at it."""
+    if backend == "redis":
+        from backend_redis import RedisServer
 
-    project = cookiecutter(str(ROOT), no_input=True, output_dir=str(tmp), extra_context={"lock_backend": backend})
-    return Path(project) / "src"
+        directory = Path(tempfile.mkdtemp(prefix="throughput-redis-"))
+        redis = RedisServer(directory)
+        return redis, {"REDIS_URL": redis.url, "LOCK_KEY_PREFIX": "throughput"}
+    from backend_postgres import PostgresServer
 
-
-def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of our own on a free port, without persistence; returns it and its URL."""
-    if not shutil.which("redis-server"):
-        sys.exit("--backend redis needs redis-server on PATH")
-    port = free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.DEVNULL, start_new_session=True)
-
-    def answers() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-        return False
-
-    wait_for(answers, 20, "redis-server")
-    return process, f"redis://127.0.0.1:{port}/0"
+    postgres = PostgresServer()
+    return postgres, {"DATABASE_URL": postgres.url, "LOCK_KEY_PREFIX": "throughput"}
 
 
 def milliseconds(text: str) -> float:
@@ -334,7 +324,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
-    parser.add_argument("--backend", choices=["file", "redis"], default="file", help="lock backend of ours")
+    parser.add_argument("--backend", choices=["file", "redis", "postgres"], default="file", help="lock backend of ours")
     parser.add_argument(
         "--quiet",
         type=float,
@@ -370,28 +360,34 @@ def main() -> None:
     print("machine: " + ", ".join(f"{key}={value}" for key, value in info.items()), flush=True)
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "plain": []}
     servers: list[Server] = []
-    redis: subprocess.Popen[bytes] | None = None
+    lock_server: Any = None
     with tempfile.TemporaryDirectory(prefix="throughput-") as name:
         tmp = Path(name)
         try:
-            src = bake(tmp / "baked", args.backend)
+            project = bake(args.backend, tmp)
+            use_baked_tests([project])  # free_port, RedisServer, PostgresServer of the baked tests
+            src = project / "src"
             package = next(src.glob("*/api.py")).parent.name
             (tmp / "apps").mkdir()
             (tmp / "apps" / "plain_app.py").write_text(PLAIN_APP)
             # Both servers get the same environment (minus our settings from the caller's environment);
             # ours also gets its lock settings.
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCK_", "REDIS_", "SMTP_", "ALERT_"))}
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("LOCK_", "REDIS_", "DATABASE_", "SMTP_", "ALERT_"))
+            }
             env["PYTHONPATH"] = os.pathsep.join([str(src), str(tmp / "apps")])
             lock = {"LOCK_PATH": str(tmp / "locks" / "primary.lock")}
-            if args.backend == "redis":
-                redis, url = start_redis(tmp)
-                lock = {"REDIS_URL": url}
+            if args.backend != "file":
+                lock_server, lock = start_lock_server(args.backend)
             ours = Server("ours", f"{package}.api:app", env | lock, tmp, args.workers, server_cpus)
             plain = Server("plain", "plain_app:app", env, tmp, args.workers, server_cpus)
             servers += [ours, plain]
             for server in servers:
                 wait_for(server.answers, 60, f"{server.name} to answer {server.url}")
-            # The file lock promotes the first worker at once; a fresh Redis waits out one lease (8 s).
+            # The file lock promotes the first worker at once; a new Redis or PostgreSQL lock scope waits
+            # out one lease (8 s).
             wait_for(lambda: "primary=True" in ours.log.read_text(), 30, "a primary=True line in ours' log")
             for i in range(args.rounds):
                 for server in (ours, plain):
@@ -410,13 +406,17 @@ def main() -> None:
             for server in servers:
                 server.stop()
             servers.clear()
-            asgi = asgi_cost(src, tmp / "apps", tmp, args.asgi_rounds, package) if args.asgi_rounds else {}
+            # The app-alone measurement holds and frees a lock file by hand: file backend only.
+            asgi = {}
+            if args.asgi_rounds and args.backend == "file":
+                asgi = asgi_cost(src, tmp / "apps", tmp, args.asgi_rounds, package)
         finally:
             for server in servers:
                 server.stop()
-            if redis is not None:
-                redis.terminate()
-                redis.wait()
+            if lock_server is not None:
+                lock_server.stop()
+                if hasattr(lock_server, "remove"):
+                    lock_server.remove()
 
     medians = {name: statistics.median(run["req_per_s"] for run in values) for name, values in runs.items()}
     paired = [o["req_per_s"] / p["req_per_s"] for o, p in zip(runs["ours"], runs["plain"], strict=True)]

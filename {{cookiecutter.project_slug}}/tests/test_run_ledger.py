@@ -3,6 +3,7 @@ chosen backend."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -225,3 +226,33 @@ def test_the_hour_that_repeats_when_summer_time_ends_sends_no_period_twice(
 
     assert len(times) == expected, times
     assert times == sorted(set(times))
+
+
+def test_a_job_runner_that_outlived_its_term_runs_nothing_after_a_new_promotion(
+    lock_env: dict[str, str],
+) -> None:
+    """A job that ignored its cancellation at a demotion must not run beside the runner of the
+    worker's next promotion: the ledger fences by lock, and the lock is this worker's again."""
+    settings = settings_from(lock_env)
+    ran: list[str] = []
+
+    async def record(run: Run) -> None:
+        ran.append(run.key)
+
+    async def scenario() -> None:
+        lock = make_lock(settings)
+        election = Election(lock)  # promoted by hand below, without the campaign of start()
+        assert await lock.try_acquire()
+        election.primary_since = datetime.now(UTC)
+        job = ScheduledJob("report", record, Schedule(EVERY_SECOND, catch_up_seconds=10))
+        stale = JobRunner(job, election, Jobs(settings, [job], []))
+        await lock.release()  # demoted and promoted again: a new epoch, the same lock
+        assert await lock.try_acquire() and lock.epoch == stale.term + 1
+
+        await stale.run_due(datetime.now(UTC))
+        await asyncio.wait_for(stale.loop(), 1)  # ends at once instead of running on
+        assert ran == []
+        assert JobRunner(job, election, Jobs(settings, [job], [])).in_term()  # the new term's runner runs
+        await lock.close()
+
+    run_scenario(scenario)

@@ -300,9 +300,9 @@ class Jobs:
                 group.create_task(JobRunner(job, election, self).loop(), name=f"job {job.name}")
 
     async def _complete(self, task: StartupTask, election: Election) -> None:
-        """Run a start-up task until it is done (by us or anyone before us)."""
-        delay = 1.0
-        while not await self._run_task(task, election):
+        """Run a start-up task until it is done (by us or anyone before us), within this term."""
+        delay, term = 1.0, election.lock.epoch  # (see ``JobRunner.term``)
+        while election.lock.epoch == term and not await self._run_task(task, election):
             await asyncio.sleep(delay)
             delay = min(delay * 2, STARTUP_RETRY_SECONDS)
 
@@ -435,11 +435,19 @@ class JobRunner:
         self.election = election
         self.jobs = jobs
         self.promoted_at = election.primary_since or datetime.now(UTC)
+        self.term = election.lock.epoch
+        """The epoch of the promotion this runner belongs to. A runner that outlived its term (a
+        job that ignored its cancellation at a demotion) must never run again: after a later
+        promotion of the same worker the run ledger's fence would let it through, as it fences
+        by lock, and that promotion starts a runner of its own."""
+
+    def in_term(self) -> bool:
+        return self.election.is_primary and self.election.lock.epoch == self.term
 
     async def loop(self) -> None:
         """Run what is due now (the catch-up after a promotion), then at every fire time."""
         schedule = self.job.schedule
-        while True:
+        while self.election.lock.epoch == self.term:  # (see ``term``)
             checked_at = datetime.now(UTC)
             try:
                 await self.run_due(checked_at)
@@ -460,7 +468,7 @@ class JobRunner:
         for period in await self.due_periods(now):
             stamp = period.strftime(PERIOD_FORMAT)
             key = f"{name}:{stamp}"
-            if not self.election.is_primary:
+            if not self.in_term():
                 return
             claim = await ledger.claim(name, stamp)
             if claim == "done":
