@@ -610,3 +610,29 @@ def test_the_ledger_prunes_old_runs_but_keeps_start_up_tasks_for_good(lock_path:
         await lock.release()
 
     run_scenario(scenario)
+
+
+def test_a_lock_file_that_cannot_even_be_looked_at_is_not_verified(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory made unreadable under a primary (root ignores permissions, so the failure is
+    injected): the primary cannot tell whether LOCK_PATH is still its file, so it must not claim."""
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire() and lock.verify()
+        stat = os.stat
+
+        def unreadable(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            if Path(path) == lock_path:
+                raise PermissionError(13, "Permission denied", str(path))
+            return stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", unreadable)
+        assert not lock.verify()
+        assert await lock.run_ledger().claim("report", "20260101T070000Z") == "fenced"
+        monkeypatch.undo()
+        assert lock.verify()
+        await lock.close()
+
+    run_scenario(scenario)
