@@ -35,6 +35,9 @@ import uuid
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
+from typing import Self
+
+from pydantic import BaseModel, Field, model_validator
 
 from ..metrics import count_renew_failure
 from .base import Holder, LockError, RunLedger
@@ -52,6 +55,26 @@ WHY_WAIT = {
     "inherited": "the previous holder released the lease while it was still waiting out an earlier one",
     "unknown": "there is no record of a previous holder (a new lock scope, or a store that lost its data)",
 }
+
+
+class LeaseSettings(BaseModel):
+    """The settings every lease backend has (its ``BackendSettings`` inherits them)."""
+
+    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=MAX_LEASE_SECONDS)
+    """Lifetime of the primary's lease: a primary cut off from the store steps down within it, and a
+    crashed primary is replaced within it plus the retry."""
+    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
+    """How often standbys retry; after a lock error the delay doubles up to 10 s."""
+
+    @model_validator(mode="after")
+    def _retry_within_the_lease(self) -> Self:
+        if self.lock_retry_seconds > self.lock_ttl_seconds / 2:
+            raise ValueError(
+                f"LOCK_RETRY_SECONDS={self.lock_retry_seconds:g}: must be at most half of "
+                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds:g}), so that a standby tries several times "
+                "within one lease"
+            )
+        return self
 
 
 def safety_margin(ttl: float) -> float:

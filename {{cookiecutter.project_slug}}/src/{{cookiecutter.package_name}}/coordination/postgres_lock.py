@@ -52,18 +52,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, LiteralString, Self, TypeVar
+from typing import TYPE_CHECKING, Any, LiteralString, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import field_validator
 
 from ..redaction import mask_url, url_secrets
 from .base import STARTUP_JOB_PREFIX, Claim, Holder, LockError
-from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock
+from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock, LeaseSettings
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -76,7 +76,7 @@ PREFIX_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 """LOCK_KEY_PREFIX names tables: a plain lower-case identifier, short enough for every derived name."""
 
 
-class BackendSettings(BaseModel):
+class BackendSettings(LeaseSettings):
     """The PostgreSQL backend's settings (``config.Settings`` inherits them)."""
 
     database_url: str = "postgresql://postgres@localhost:5432/postgres"
@@ -85,11 +85,6 @@ class BackendSettings(BaseModel):
     lock_key_prefix: str = {{ cookiecutter.package_name | tojson }}
     """Names the tables (``<prefix>_primary``, ``<prefix>_runs``) and derives the advisory lock's key,
     so that several services can share one database."""
-    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=MAX_LEASE_SECONDS)
-    """Lease of the primary: a primary cut off from the database steps down within this, and a
-    crashed primary is replaced within this plus the retry."""
-    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
-    """How often standbys retry; after a lock error the delay doubles up to 10 s."""
 
     @field_validator("database_url")
     @classmethod
@@ -117,16 +112,6 @@ class BackendSettings(BaseModel):
                 "(it names the tables <prefix>_primary and <prefix>_runs), e.g. my_service"
             )
         return prefix
-
-    @model_validator(mode="after")
-    def _retry_within_the_lease(self) -> Self:
-        if self.lock_retry_seconds > self.lock_ttl_seconds / 2:
-            raise ValueError(
-                f"LOCK_RETRY_SECONDS={self.lock_retry_seconds:g}: must be at most half of "
-                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds:g}), so that a standby tries several times "
-                "within one lease"
-            )
-        return self
 
     def backend_secrets(self) -> list[str]:
         """The secrets of these settings, in each form they may appear in (for log redaction)."""

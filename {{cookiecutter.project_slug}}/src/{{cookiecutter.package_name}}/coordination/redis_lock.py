@@ -30,10 +30,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
@@ -49,7 +49,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..redaction import mask_url, url_secrets
 from .base import STARTUP_JOB_PREFIX, Claim, Holder, LockError
-from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock
+from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock, LeaseSettings
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -58,17 +58,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class BackendSettings(BaseModel):
+class BackendSettings(LeaseSettings):
     """The Redis backend's settings (``config.Settings`` inherits them)."""
 
     redis_url: str = "redis://localhost:6379/0"
     """The Redis shared by every worker of every instance; may carry a password; rediss:// for TLS."""
     lock_key_prefix: str = Field(default={{ cookiecutter.project_slug | tojson }}, min_length=1)
     """Prefix of the service's Redis keys, so that several services can share one Redis."""
-    lock_ttl_seconds: float = Field(default=10.0, ge=1, le=MAX_LEASE_SECONDS)
-    """Lifetime of the primary's lease: a crashed primary is replaced within this plus the retry."""
-    lock_retry_seconds: float = Field(default=1.0, ge=0.05, le=60)
-    """How often standbys retry; after a lock error the delay doubles up to 10 s."""
 
     @field_validator("redis_url")
     @classmethod
@@ -86,16 +82,6 @@ class BackendSettings(BaseModel):
                 "e.g. redis://:password@redis:6379/0"
             )
         return url
-
-    @model_validator(mode="after")
-    def _retry_within_the_lease(self) -> Self:
-        if self.lock_retry_seconds > self.lock_ttl_seconds / 2:
-            raise ValueError(
-                f"LOCK_RETRY_SECONDS={self.lock_retry_seconds:g}: must be at most half of "
-                f"LOCK_TTL_SECONDS ({self.lock_ttl_seconds:g}), so that a standby tries several times "
-                "within one lease"
-            )
-        return self
 
     def backend_secrets(self) -> list[str]:
         """The secrets of these settings, in each form they may appear in (for log redaction)."""
