@@ -405,6 +405,35 @@ def test_a_user_without_create_is_refused_until_granted_or_given_tables(
     asyncio.run(attempt())
 
 
+def test_a_run_is_recorded_done_even_when_old_runs_cannot_be_pruned(
+    fresh_lock_env: dict[str, str], backend_server: PostgresServer
+) -> None:
+    """Pruning is housekeeping: a user without DELETE on the ledger must still see its runs done
+    (before: the prune shared the transaction of "done", so every period ran again and again)."""
+    role = new_role(backend_server, "pw")
+    settings = settings_from({**fresh_lock_env, "DATABASE_URL": backend_server.url_for(role, "pw")})
+    mark_released(fresh_lock_env)  # the tables exist, made by their owner
+    with backend_server.admin() as conn:
+        tables = sql.SQL(", ").join(map(sql.Identifier, table_names(settings.lock_key_prefix)))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(tables, sql.Identifier(role)))
+
+    async def scenario() -> None:
+        lock = make_lock(settings)
+        assert await lock.try_acquire()
+        ledger = lock.run_ledger()
+        assert await ledger.claim("report", "20260101T070000Z") == "claimed"
+        await ledger.finish("report", "20260101T070000Z")  # its prune is refused, and only logged
+        assert await ledger.claim("report", "20260101T070000Z") == "done"
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_a_unix_socket_url_keeps_its_user_when_masked() -> None:
+    url = "postgresql://app@/postgres?host=/run/postgresql&password=s3cr3tPW"
+    assert masked_url(url) == "postgresql://app@/postgres?host=/run/postgresql&password=***"
+
+
 # -- Fencing and exactly-once jobs ---------------------------------------------------------------
 
 

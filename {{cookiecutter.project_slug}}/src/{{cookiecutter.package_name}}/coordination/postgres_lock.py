@@ -147,8 +147,8 @@ def _without_user_name(url: str) -> tuple[str, str]:
 def masked_url(url: str) -> str:
     """DATABASE_URL without its password (in the user part or as ``?password=``), for messages."""
     rest, user = _without_user_name(url)
-    masked = mask_url(rest)
-    return masked.replace("://", f"://{user}@", 1) if user else masked
+    masked = urlsplit(mask_url(rest))
+    return urlunsplit(masked._replace(netloc=f"{user}@{masked.netloc}")) if user else masked.geturl()
 
 
 def advisory_key(name: str) -> int:
@@ -245,7 +245,9 @@ class PostgresLock(LeaseLock):
     async def _acquire_lease(self, token: str, holder: Holder, wait_without_record: float) -> Acquisition:
         async def acquire(conn: Connection) -> Acquisition:
             if not await _value(conn, "SELECT pg_try_advisory_lock(%s)", (self.key,)):
-                ttl_ms = await _value(conn, self._sql("SELECT ttl_ms FROM {record} WHERE state = 'held'"))
+                ttl_ms = await _value(
+                    conn, self._sql("SELECT ttl_ms FROM {record} WHERE id = 1 AND state = 'held'")
+                )
                 return Acquisition(won=False, holder_ttl=ttl_ms / 1000 if ttl_ms else None)
             try:
                 async with conn.transaction():
@@ -266,7 +268,7 @@ class PostgresLock(LeaseLock):
         query = """SELECT state, epoch,
                 extract(epoch FROM least(greatest(expires_at, now), now + {longest}) - now),
                 extract(epoch FROM least(greatest(active_at, now), now + {longest}) - now)
-            FROM {record}, clock_timestamp() AS now FOR UPDATE OF {record}"""
+            FROM {record}, clock_timestamp() AS now WHERE id = 1 FOR UPDATE OF {record}"""
         longest = sql.SQL("interval {}").format(f"{MAX_LEASE_SECONDS} s")
         record = await (await conn.execute(self._sql(query, longest=longest))).fetchone()
         if record is None:  # a new scope, or the record was deleted by hand
@@ -372,7 +374,7 @@ class PostgresLock(LeaseLock):
             if backend is None:
                 return None
             query = """SELECT pid, host, since, epoch, backend_pid, CASE WHEN active_at > clock_timestamp()
-                THEN least(active_at, clock_timestamp() + interval '1 day') END FROM {record}"""
+                THEN least(active_at, clock_timestamp() + interval '1 day') END FROM {record} WHERE id = 1"""
             try:
                 row = await (await conn.execute(self._sql(query))).fetchone()
             except errors.UndefinedTable:
@@ -508,7 +510,7 @@ class PostgresLock(LeaseLock):
         if isinstance(exc, errors.InsufficientPrivilege):
             fix = (
                 "grant the user of DATABASE_URL CREATE on the schema (or create the tables once as "
-                f"their owner) and SELECT, INSERT, UPDATE on {self.record} and {self.runs}"
+                f"their owner) and SELECT, INSERT, UPDATE, DELETE on {self.record} and {self.runs}"
             )
             return LockError(f"PostgreSQL denied a statement for {where}: {text}; {fix}")
         if isinstance(exc, errors.ReadOnlySqlTransaction):
@@ -640,15 +642,19 @@ class PostgresRunLedger:
 
     async def finish(self, job: str, period: str) -> None:
         async def finish(conn: Connection) -> None:
-            async with conn.transaction():
-                await self._write(conn, job, period, "done")
-                if job.startswith(STARTUP_JOB_PREFIX):
-                    return  # the memory of a release: forgetting it would run the task again
-                query = """DELETE FROM {runs} WHERE job = %s AND period < %s AND state = 'done'
-                    AND updated_at < clock_timestamp() - %s * interval '1 s'"""
-                await conn.execute(self.lock._sql(query), (job, period, self.KEEP_SECONDS))
+            await self._write(conn, job, period, "done")  # one statement: committed on its own
+
+        async def prune(conn: Connection) -> None:
+            query = """DELETE FROM {runs} WHERE job = %s AND period < %s AND state = 'done'
+                AND updated_at < clock_timestamp() - %s * interval '1 s'"""
+            await conn.execute(self.lock._sql(query), (job, period, self.KEEP_SECONDS))
 
         await self.lock.call(finish)
+        if not job.startswith(STARTUP_JOB_PREFIX):  # the memory of a release is kept for good
+            try:  # housekeeping after the fact: a failure (no DELETE privilege) never undoes "done"
+                await self.lock.call(prune)
+            except LockError as exc:
+                logger.warning("Could not prune old runs of %s from the run ledger: %s", job, exc)
 
     async def abandon(self, job: str, period: str) -> None:
         async def abandon(conn: Connection) -> None:
