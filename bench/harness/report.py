@@ -176,6 +176,7 @@ def print_soak(results: list[dict[str, Any]]) -> str:
         ],
         rows,
     )
+    text += "\n" + print_user_job(results)
     for r in results:
         print(
             f"{r['backend']}: faults {r['fault_counts']}; missed {r['missed']}; duplicates {r['duplicates']}; "
@@ -183,4 +184,54 @@ def print_soak(results: list[dict[str, Any]]) -> str:
         )
     if results:
         print("Note: " + results[0]["note"])
+    return text
+
+
+def print_user_job(results: list[dict[str, Any]]) -> str:
+    """The soak's user job (every second) and slow start-up task against readiness."""
+    rows = []
+    for r in results:
+        u = r["user_job"]
+        rows.append(
+            [
+                r["backend"] + (" (appendonly)" if r.get("redis_appendonly") else ""),
+                u["job_runs"],
+                u["job_periods_expected"],
+                len(u["job_duplicate_periods"]),
+                len(u["job_missed_periods"]),
+                f"{u['startup_starts']} / {u['startup_finishes']}",
+                u["ready_polls"],
+                u["ready_workers_seen_200"],
+                u["ready_200_before_finish"],
+                u["ready_first_200_after_finish_min_ms"],
+                u["ready_all_waiting_workers_200_after_finish_ms"],
+            ]
+        )
+    text = table(
+        "User job every second and a 2.5 s start-up task in the soak (targets: 0 duplicates, 0 missed, "
+        "never ready before the task is done)",
+        [
+            "backend",
+            "job runs",
+            "periods expected",
+            "duplicate periods",
+            "missed in catch-up window",
+            "start-up task starts / finishes",
+            "/health/ready answers",
+            "workers seen ready",
+            "200 before the task finished",
+            "first 200 after the finish (ms)",
+            "every waiting worker 200 (ms)",
+        ],
+        rows,
+    )
+    for r in results:
+        u = r["user_job"]
+        print(
+            f"{r['backend']} user job: missed {u['job_missed_periods']}; duplicates {u['job_duplicate_periods']}; "
+            f"runs late > 2 s {u['job_runs_late_over_2s']} (max {u['job_max_lateness_s']}); start-up kill "
+            f"{u['startup_kill']}; start-up records {[(s['event'], s['pid'], round(s['t'], 2)) for s in u['startup_records']]}; "
+            f"not 200 when asked after the finish {u['ready_not_200_sent_after_finish']}; ready, then not "
+            f"{u['ready_again_not_200']}; poll failures {u['ready_poll_failures']}"
+        )
     return text

@@ -1,5 +1,6 @@
-"""The chaos soak: faults every 3-6 s against reports every 2 s, then the primary intervals, their
-overlaps and gaps, and the report counts (targets: 0 duplicates, 0 missed, 0 overlap)."""
+"""The chaos soak: faults every 3-6 s against reports every 2 s and a user's job every second, then
+the primary intervals, their overlaps and gaps, the report and job counts (targets: 0 duplicates,
+0 missed, 0 overlap), and readiness against the start-up task (target: never 200 before it is done)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import random
 import signal
 import time
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from support import is_alive
 from .backends import LEASE_TTL, Backend
 from .project import PACKAGE
 from .servers import BenchServer, now, within
+from .user_jobs import ReadinessPoller, analyse_user_job, read_records, records_env
 
 PAUSE_SECONDS = 5.0
 BELIEF_SECONDS = 2.0  # how long a paused primary may still count itself primary: ttl 3 - margin 1
@@ -34,12 +37,21 @@ def soak(backend: Backend, minutes: float, seed: int) -> dict[str, Any]:
     intervals come from the role lines (read times): an interval ends at the demotion line, at the
     kill time of a killed worker, at the first time the script saw the pid dead, or for a paused
     primary at pause + (ttl - safety margin) = pause + 2 s, by when the design guarantees that it
-    has stopped singleton work."""
+    has stopped singleton work.
+
+    The project also runs the bench's user job and slow start-up task (``user_jobs.py``; the
+    project must have been given them with ``add_user_jobs``). The first fault is fixed: ``kill -9``
+    of the primary in the middle of the start-up task, as soon as its start is recorded, so that the
+    next primary has to run it again; a poller asks ``/health/ready`` throughout."""
     sink = MailSink()
     sink.start(may_move=True)
-    env = backend.env("soak", LEASE_TTL, **mail_env(sink))
+    records = backend.tmp / f"records-{backend.name}-{uuid.uuid4().hex[:6]}"
+    env = backend.env("soak", LEASE_TTL, **mail_env(sink), **records_env(records))
     count = 2 if backend.lease else 1
     servers = [BenchServer(f"soak-{backend.name}-{i}", f"{PACKAGE}.api:app", env) for i in range(count)]
+    poller = ReadinessPoller([s.port for s in servers])
+    poller.start()
+    startup_kill: dict[str, Any] = {}
     rng = random.Random(seed)
     faults: list[dict[str, Any]] = []
     pause_caps: dict[int, list[float]] = {}  # pid -> pause time + 2 s, for every pause
@@ -66,11 +78,23 @@ def soak(backend: Backend, minutes: float, seed: int) -> dict[str, Any]:
     if backend.lease:
         kinds += ["sigstop_primary", *backend.faults]
     start = stop_at = now()
+    stop_wall = time.time()
     try:
 
         def started() -> bool:
             return len(all_primaries()) == 1 and all(len(s.live_workers()) >= s.workers for s in servers)
 
+        def startup_task_begun() -> int | None:
+            """The pid that recorded the start of the start-up task, once its role line is read."""
+            starts = [r for r in read_records(records / "startup.jsonl") if r["event"] == "start"]
+            pid = starts[0]["pid"] if starts else None
+            return pid if pid is not None and any(pid in s.roles() for s in servers) else None
+
+        pid = within(startup_task_begun, 40)
+        if pid is None:
+            raise RuntimeError(f"the start-up task never started:\n{servers[0].output()[-3000:]}")
+        startup_kill = {"pid": pid, "at": owner(pid).kill(pid)}
+        print(f"  soak {backend.name}: kill -9 of {pid}, the primary in its start-up task", flush=True)
         if not within(started, 40):
             raise RuntimeError(f"no steady start:\n{servers[0].output()[-3000:]}")
         start = now()
@@ -113,14 +137,17 @@ def soak(backend: Backend, minutes: float, seed: int) -> dict[str, Any]:
             faults.append(fault)
             print(f"  soak {backend.name} t={fault['t']:.1f}s {fault}", flush=True)
         watch(8)  # quiet tail: last reloads complete, catch-up reports go out
-        stop_at = now()
+        stop_at, stop_wall = now(), time.time()
     finally:
+        poller.stop()
         for s in servers:
             s.stop()
         time.sleep(0.5)
         sink.stop()
     result = analyse_soak(backend.name, servers, sink, faults, pause_caps, death_seen, start, stop_at)
     result |= {"minutes": minutes, "seed": seed, "redis_appendonly": getattr(backend, "persist", None)}
+    result["user_job"] = analyse_user_job(records, poller, start, stop_wall)
+    result["user_job"]["startup_kill"] = {**startup_kill, "at": startup_kill.get("at", start) - start}
     return result
 
 
