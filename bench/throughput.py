@@ -12,6 +12,13 @@ is under load at a time). Runs are interleaved, ours then plain, for ``--rounds`
 a short wrk warm-up. Besides wrk's numbers, each run records the CPU time the server's processes used,
 as microseconds per request, and the CPU that other processes used meanwhile (noise): on a small shared
 machine req/s depends as much on how the cores are shared with wrk and with anything else running.
+
+``--request-metrics`` compares other servers instead: the baked app as it is against the same app with
+each candidate of request metrics (``harness/request_metrics.py``), all in prometheus-client's
+multiprocess mode; run it with a Python that has the candidates installed besides the template's
+development requirements (those not installed are left out):
+
+    python bench/throughput.py --request-metrics [--rounds 6] [--quiet 15] [--asgi-rounds 8] [--out rm.json]
 """
 
 from __future__ import annotations
@@ -302,7 +309,7 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
         "| round | app | req/s | p50 (ms) | p99 (ms) | server CPU (µs/req) | other processes (% of a core) | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
-    for i in range(len(runs["ours"])):
+    for i in range(len(next(iter(runs.values())))):
         for name, run in ((name, runs[name][i]) for name in runs):
             row = f"{run['req_per_s']:.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f}"
             row += f" | {run['cpu_us_per_req']:.0f} | {run['other_cpu_pct']:.0f}"
@@ -343,8 +350,16 @@ def main() -> None:
         default=5,
         help="rounds of the measurement without server and network: CPU per request of each app (default 5)",
     )
+    parser.add_argument(
+        "--request-metrics",
+        action="store_true",
+        help="instead of ours vs plain: ours as it is vs ours with each candidate of request metrics "
+        "(harness/request_metrics.py; those whose package is not installed are left out), file backend",
+    )
     parser.add_argument("--out", type=Path, help="write the raw numbers as JSON to this file")
     args = parser.parse_args()
+    if args.request_metrics and args.backend != "file":
+        sys.exit("--request-metrics measures the file backend only")
     server_cpus = None
     if args.pin:
         global WRK_CPUS
@@ -358,6 +373,9 @@ def main() -> None:
 
     info = machine()
     print("machine: " + ", ".join(f"{key}={value}" for key, value in info.items()), flush=True)
+    if args.request_metrics:
+        request_metrics(args, info, server_cpus)
+        return
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "plain": []}
     servers: list[Server] = []
     lock_server: Any = None
@@ -441,6 +459,133 @@ def main() -> None:
         result |= {"median_cpu_us_per_req": cpu, "asgi_us_per_request": asgi}
         args.out.write_text(json.dumps(result, indent=1))
         print(f"raw numbers in {args.out}")
+
+
+def request_metrics(args: argparse.Namespace, info: dict[str, Any], server_cpus: set[int] | None) -> None:
+    """``--request-metrics``: the baked app as it is ("none") vs each candidate, one server of
+    ``--workers`` each (a lock file of its own), loaded one at a time, interleaved per round; then the
+    app alone (ASGI calls in one process) per variant; then the ratios to "none"."""
+    from harness import request_metrics as rm
+
+    names, missing = rm.available()
+    if missing:
+        print(f"left out (package not installed here): {', '.join(missing)}", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    servers: list[Server] = []
+    exposed: dict[str, bool] = {}
+    with tempfile.TemporaryDirectory(prefix="throughput-") as name:
+        tmp = Path(name)
+        try:
+            project = bake("file", tmp)
+            use_baked_tests([project])
+            src = project / "src"
+            package = next(src.glob("*/api.py")).parent.name
+            apps = tmp / "apps"
+            apps.mkdir()
+            targets = rm.write_variants(apps, package, names)
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCK_", "PROMETHEUS_"))}
+            env["PYTHONPATH"] = os.pathsep.join([str(src), str(apps)])
+            for variant, target in targets.items():
+                lock = {"LOCK_PATH": str(tmp / f"locks-{variant}" / "primary.lock")}
+                servers.append(Server(variant, target, env | lock, tmp, args.workers, server_cpus))
+            for server in servers:
+                wait_for(server.answers, 60, f"{server.name} to answer {server.url}")
+                wait_for(lambda: "primary=True" in server.log.read_text(), 30, f"a primary in {server.name}'s log")
+            for i in range(args.rounds):
+                for server in servers:
+                    run = measure(server, args)
+                    runs[server.name].append(run)
+                    print(
+                        f"round {i + 1}/{args.rounds} {server.name:18}: {run['req_per_s']:6.0f} req/s, "
+                        f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+                        f"server CPU {run['cpu_us_per_req']:.0f} µs/req, "
+                        f"other processes {run['other_cpu_pct']:.0f}% of a core, "
+                        f"errors {run['socket_errors'] + run['non_2xx']}, "
+                        f"waited {run['waited_for_quiet_s']:.0f} s for quiet",
+                        flush=True,
+                    )
+            exposed = {server.name: rm.exposes(server.port, server.name) for server in servers}
+            for server in servers:
+                server.stop()
+            servers.clear()
+            modules = {variant: target.split(":")[0] for variant, target in targets.items()}
+            asgi = asgi_cost_variants(src, apps, tmp, args.asgi_rounds, modules) if args.asgi_rounds else {}
+        finally:
+            for server in servers:
+                server.stop()
+
+    base = names[0]
+    medians = {n: statistics.median(run["req_per_s"] for run in values) for n, values in runs.items()}
+    cpu = {n: statistics.median(run["cpu_us_per_req"] for run in values) for n, values in runs.items()}
+    print(f"\nGET /health, wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.workers} workers each")
+    print(table(runs))
+    print(f"\nagainst {base!r} (1.000 = the same; the target is at least 0.970):")
+    comparison: dict[str, dict[str, Any]] = {}
+    for n in names[1:]:
+        paired = [v["req_per_s"] / b["req_per_s"] for v, b in zip(runs[n], runs[base], strict=True)]
+        comparison[n] = {
+            "ratio_of_median_req_per_s": medians[n] / medians[base],
+            "median_of_paired_ratios": statistics.median(paired),
+            "paired": paired,
+            "cpu_per_request_ratio": cpu[base] / cpu[n],
+        }
+        if asgi:
+            comparison[n]["asgi_fastest_ratio"] = min(asgi[base]) / min(asgi[n])
+            comparison[n]["asgi_median_ratio"] = statistics.median(asgi[base]) / statistics.median(asgi[n])
+        c = comparison[n]
+        print(
+            f"  {n:18} req/s, ratio of medians {c['ratio_of_median_req_per_s']:.3f}, median of paired ratios "
+            f"{c['median_of_paired_ratios']:.3f} (per round: {', '.join(f'{r:.3f}' for r in paired)}); "
+            f"server CPU per request, none/{n}: {c['cpu_per_request_ratio']:.3f}"
+            + (
+                f"; app alone, none/{n}: fastest {c['asgi_fastest_ratio']:.3f}, median {c['asgi_median_ratio']:.3f}"
+                if asgi
+                else ""
+            )
+        )
+    print(f"request metrics in GET /metrics (none: none of them): {exposed}")
+    if asgi:
+        print("\nThe app alone (ASGI calls in one process, no server, no network), CPU per request:")
+        for n, values in asgi.items():
+            line = ", ".join(f"{value:.2f}" for value in values)
+            print(f"  {n:18} fastest {min(values):6.2f} µs, median {statistics.median(values):6.2f} µs  ({line})")
+    if args.out:
+        result = {"argv": sys.argv, "machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
+        result |= {"left_out": missing, "runs": runs, "median_req_per_s": medians, "median_cpu_us_per_req": cpu}
+        result |= {"comparison": comparison, "asgi_us_per_request": asgi, "request_metrics_exposed": exposed}
+        result |= {"versions": {p: _version(p) for p in ("prometheus-client", *REQUEST_METRICS_PACKAGES)}}
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"raw numbers in {args.out}")
+
+
+REQUEST_METRICS_PACKAGES = ("prometheus-fastapi-instrumentator", "starlette-exporter")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def asgi_cost_variants(
+    src: Path, apps: Path, tmp: Path, rounds: int, modules: dict[str, str]
+) -> dict[str, list[float]]:
+    """CPU time per GET /health through each variant's app alone (as ``asgi_cost``), each process the
+    primary of a lock file of its own, with a multiprocess directory of its own."""
+    (apps / "asgi_child.py").write_text(ASGI_CHILD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCK_", "PROMETHEUS_"))}
+    env |= {"PYTHONPATH": os.pathsep.join([str(src), str(apps)]), "LOG_LEVEL": "WARNING"}
+    costs: dict[str, list[float]] = {name: [] for name in modules}
+    for i in range(rounds):
+        for name, module in modules.items():
+            scratch = tmp / f"asgi-{name}-{i}"
+            (scratch / "metrics").mkdir(parents=True)
+            extra = {"LOCK_PATH": str(scratch / "primary.lock"), "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics")}
+            argv = [sys.executable, str(apps / "asgi_child.py"), module, "20000"]
+            out = subprocess.run(argv, env=env | extra, capture_output=True, text=True, check=True, cwd=tmp)
+            costs[name].append(float(out.stdout.split()[-1]))
+    return costs
 
 
 if __name__ == "__main__":
