@@ -153,6 +153,9 @@ def test_alembic_by_hand_from_the_project_root(
     revision = new.revision
     assert "Generating " + str(project / MIGRATIONS.relative_to(PROJECT) / "versions") in made.stdout
 
+    bad = alembic("upgrade", "head", DATABASE_URL="mysql://app:pw@db/app")
+    assert bad.returncode == 1 and "ERROR: invalid setting DATABASE_URL=<hidden>" in bad.stderr, bad.stderr
+
     wrong = f"postgresql://intruder:{quote(SENTINEL, safe='')}@127.0.0.1:{backend_server.port}/postgres"
     refused = alembic("upgrade", "head", DATABASE_URL=wrong)
     assert refused.returncode != 0 and "password authentication failed" in refused.stderr

@@ -17,11 +17,14 @@ import logging
 from alembic import context
 from sqlalchemy import text
 
-from {{ cookiecutter.package_name }}.config import Settings, load_settings
+from {{ cookiecutter.package_name }}.config import ConfigError, Settings, load_settings
 from {{ cookiecutter.package_name }}.database import engine, migration_lock_key
 
 config = context.config
-settings: Settings = config.attributes.get("settings") or load_settings()
+try:
+    settings: Settings = config.attributes.get("settings") or load_settings()
+except ConfigError as exc:  # by hand, a bad setting: one line that names it, as the service says it
+    raise SystemExit(f"ERROR: {exc}") from None
 
 if not logging.getLogger().handlers:  # by hand: show Alembic's progress ("Running upgrade ...")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(name)s] %(message)s")
