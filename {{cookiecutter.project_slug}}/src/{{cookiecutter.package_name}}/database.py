@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.pool import NullPool
 
 from .config import Settings
 from .coordination.postgres_lock import advisory_key
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Engine
+
+# Alembic and SQLAlchemy are imported in the functions that use them: only the primary needs them,
+# once per release, in the upgrade's thread; every worker would otherwise load them as it starts.
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 """Alembic's script location (the tests point it at a copy with a broken revision)."""
@@ -33,6 +37,9 @@ def engine(settings: Settings) -> Engine:
     parser knows fewer of libpq's forms (several hosts, ``?host=`` for a Unix socket, ``?password=``),
     and an engine without a URL has no password to show in any message.
     """
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
 
     def connect() -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(
@@ -52,6 +59,8 @@ def migration_lock_key(settings: Settings) -> int:
 def alembic_config(settings: Settings) -> Config:
     """Alembic's configuration for the service: the script location, and the service's settings
     for ``env.py`` (the command line reads ``[tool.alembic]`` and the environment instead)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
     config.attributes["settings"] = settings
@@ -61,5 +70,7 @@ def alembic_config(settings: Settings) -> Config:
 def upgrade_database(settings: Settings) -> None:
     """``alembic upgrade head``: every revision not applied yet, in one transaction. It blocks:
     call it in a thread (``asyncio.to_thread``), never on the event loop."""
+    from alembic import command
+
     logging.getLogger("alembic").setLevel(settings.log_level)  # "Running upgrade ..." in the log
     command.upgrade(alembic_config(settings), "head")
