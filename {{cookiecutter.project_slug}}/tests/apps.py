@@ -113,7 +113,8 @@ def jobs_app() -> FastAPI:
 def migrations_app() -> FastAPI:
     """The service with its Alembic revisions taken from ``MIGRATIONS_DIRECTORY`` (PostgreSQL backend:
     a copy of ``migrations/`` with a revision of the test's own, such as a broken one)."""
-    database: Any = importlib.import_module("{{ cookiecutter.package_name }}.database")  # PostgreSQL only
+    # (imported by name: only the PostgreSQL backend has this module)
+    database: Any = importlib.import_module("{{ cookiecutter.package_name }}.database")
     database.MIGRATIONS = Path(os.environ["MIGRATIONS_DIRECTORY"])
     return create_app()
 
