@@ -7,14 +7,15 @@ Cookiecutter renders this file with Jinja, then runs it inside the generated pro
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 # JSON-encoded twice, so that no answer can become code (see pre_gen_project.py).
 ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
 PACKAGE = ANSWERS["package_name"]
 
-# The files only one lock backend needs, relative to the project directory. When adding a backend,
-# list its own files here (and an empty list for a backend that has none).
+# The files (and folders) only one lock backend needs, relative to the project directory. When adding
+# a backend, list its own files here (and an empty list for a backend that has none).
 BACKEND_ONLY_FILES = {
     "file": [
         f"src/{PACKAGE}/coordination/file_lock.py",
@@ -29,7 +30,10 @@ BACKEND_ONLY_FILES = {
     ],
     "postgres": [
         f"src/{PACKAGE}/coordination/postgres_lock.py",
+        f"src/{PACKAGE}/database.py",
+        f"src/{PACKAGE}/migrations",
         "tests/backend_postgres.py",
+        "tests/test_migrations.py",
         "tests/test_postgres_lock.py",
     ],
 }
@@ -48,7 +52,10 @@ if __name__ == "__main__":
     project = Path.cwd()
     for backend, paths in BACKEND_ONLY_FILES.items():
         if backend != ANSWERS["lock_backend"]:
-            for path in paths:
-                (project / path).unlink(missing_ok=True)
+            for path in map(project.joinpath, paths):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
     replay = {"cookiecutter": public_answers(ANSWERS)}
     (project / ANSWERS_FILE).write_text(json.dumps(replay, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -59,9 +59,11 @@ def test_no_branch_means_the_other_backend() -> None:
 
 def test_backend_is_chosen_in_one_place() -> None:
     """Generated code never asks which backend it has: only backend.py and the tests' contract.py
-    name it, besides the docs, the dependencies and the deployment fragments."""
+    name it, besides the docs, the dependencies and the deployment fragments, and the example
+    start-up task in jobs.py (a migration where the backend is a database)."""
     allowed = {
         "src/{{cookiecutter.package_name}}/coordination/backend.py",
+        "src/{{cookiecutter.package_name}}/jobs.py",
         "tests/contract.py",
         "pyproject.toml",
         "README.md",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -105,6 +107,15 @@ def jobs_app() -> FastAPI:
                 await asyncio.sleep(0.05)
             note("end", run.key)
 
+    return create_app()
+
+
+def migrations_app() -> FastAPI:
+    """The service with its Alembic revisions taken from ``MIGRATIONS_DIRECTORY`` (PostgreSQL backend:
+    a copy of ``migrations/`` with a revision of the test's own, such as a broken one)."""
+    # (imported by name: only the PostgreSQL backend has this module)
+    database: Any = importlib.import_module("{{ cookiecutter.package_name }}.database")
+    database.MIGRATIONS = Path(os.environ["MIGRATIONS_DIRECTORY"])
     return create_app()
 
 

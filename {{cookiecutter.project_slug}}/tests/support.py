@@ -1,4 +1,5 @@
-"""Small helpers shared by the fixtures and the tests: free ports, process liveness, polling."""
+"""Small helpers shared by the fixtures and the tests: free ports, process liveness, polling, and
+several instances of the service sharing one lock scope."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conftest import Server
 
 DEADLINE = 30.0
 
@@ -70,6 +74,51 @@ def assert_one_primary_at_a_time(events: list[tuple[int, bool]]) -> None:
             current.add(pid)
         else:
             current.discard(pid)
+
+
+def both_instances(
+    start_server: Callable[..., Server], kind: str = "uvicorn", **options: Any
+) -> tuple[Server, Server]:
+    """Two servers (two uvicorn or gunicorn masters, 2 workers each, as two containers or hosts would
+    be) in one lock scope (lease backends: the same Redis or database and key prefix)."""
+    return start_server(kind, workers=2, **options), start_server(kind, workers=2, **options)
+
+
+def primaries(*servers: Server) -> set[int]:
+    return set().union(*(server.primaries() for server in servers))
+
+
+def single_primary(*servers: Server, timeout: float = DEADLINE) -> int:
+    """Wait until exactly one live worker of all ``servers`` is primary; return it."""
+    found: set[int] = wait_until(
+        lambda: (p := primaries(*servers)) and len(p) == 1 and p, "one primary", timeout
+    )
+    return next(iter(found))
+
+
+def owner_of(pid: int, *servers: Server) -> Server:
+    """The server whose worker ``pid`` is."""
+    return next(server for server in servers if pid in server.worker_pids())
+
+
+def merged_events(*servers: Server) -> list[tuple[int, bool]]:
+    """Role changes of several instances, in the order the tests read them."""
+    timed = sorted(
+        (when, event)
+        for server in servers
+        for event, when in zip(server.events, server.event_times, strict=True)
+    )
+    return [event for _, event in timed]
+
+
+def wait_until_every_worker_is_ready(server: Server, timeout: float = 60) -> None:
+    """Wait until every live worker of ``server`` answers ``GET /health/ready`` with "ready"."""
+
+    def all_ready() -> bool:
+        answers = server.answers_from_every_worker("/health/ready")
+        return all(answer["status"] == "ready" for answer in answers.values())
+
+    wait_until(all_ready, "every worker to be ready", timeout)
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

@@ -41,8 +41,13 @@ from support import (
     SENTINEL,
     assert_no_secret,
     assert_one_primary_at_a_time,
+    both_instances,
     free_port,
+    merged_events,
+    owner_of,
+    primaries,
     run_scenario,
+    single_primary,
     wait_until,
 )
 
@@ -60,36 +65,6 @@ def postgres_lock(settings: Settings) -> PostgresLock:
 def postgres_lock_ledger(lock: object) -> PostgresRunLedger:
     assert isinstance(lock, PostgresLock)
     return lock.run_ledger()
-
-
-def both_instances(start_server: Callable[..., Server], **options: object) -> tuple[Server, Server]:
-    """Two servers (two uvicorn masters, as two containers would be) sharing the database."""
-    return start_server("uvicorn", workers=2, **options), start_server("uvicorn", workers=2, **options)
-
-
-def primaries(*servers: Server) -> set[int]:
-    return set().union(*(server.primaries() for server in servers))
-
-
-def single_primary(*servers: Server, timeout: float = 30) -> int:
-    found: set[int] = wait_until(
-        lambda: (p := primaries(*servers)) and len(p) == 1 and p, "one primary", timeout
-    )
-    return next(iter(found))
-
-
-def owner_of(pid: int, *servers: Server) -> Server:
-    return next(server for server in servers if pid in server.worker_pids())
-
-
-def merged_events(*servers: Server) -> list[tuple[int, bool]]:
-    """Role changes of several instances, in the order the tests read them."""
-    timed = sorted(
-        (when, event)
-        for server in servers
-        for event, when in zip(server.events, server.event_times, strict=True)
-    )
-    return [event for _, event in timed]
 
 
 def every_worker_reports_a_lock_error(server: Server) -> bool:

@@ -43,10 +43,15 @@ from support import (
     SENTINEL,
     assert_no_secret,
     assert_one_primary_at_a_time,
+    both_instances,
     eventually,
     free_port,
+    merged_events,
+    owner_of,
+    primaries,
     run_scenario,
     self_signed_certificate,
+    single_primary,
     wait_until,
 )
 
@@ -59,21 +64,6 @@ def redis_lock(settings: Settings) -> RedisLock:
     lock = make_lock(settings)
     assert isinstance(lock, RedisLock)
     return lock
-
-
-def both_instances(start_server: Callable[..., Server], **options: object) -> tuple[Server, Server]:
-    first = start_server("uvicorn", workers=2, **options)
-    second = start_server("uvicorn", workers=2, **options)
-    return first, second
-
-
-def primaries(*servers: Server) -> set[int]:
-    return set().union(*(server.primaries() for server in servers))
-
-
-def single_primary(*servers: Server) -> int:
-    found: set[int] = wait_until(lambda: (p := primaries(*servers)) and len(p) == 1 and p, "one primary")
-    return next(iter(found))
 
 
 def test_one_primary_across_two_instances(
@@ -380,22 +370,6 @@ def test_a_quick_redis_restart_that_loses_the_lease_never_makes_two_primaries(
         for event, when in zip(server.events, server.event_times, strict=True)
     )
     assert_one_primary_at_a_time([event for _, event in merged])
-
-
-def merged_events(*servers: Server) -> list[tuple[int, bool]]:
-    """Role changes of several instances, in the order the tests read them."""
-    return [
-        event
-        for _, event in sorted(
-            (when, event)
-            for server in servers
-            for event, when in zip(server.events, server.event_times, strict=True)
-        )
-    ]
-
-
-def owner_of(pid: int, *servers: Server) -> Server:
-    return next(server for server in servers if pid in server.worker_pids())
 
 
 @pytest.mark.parametrize("how", ["DEL", "FLUSHDB"])

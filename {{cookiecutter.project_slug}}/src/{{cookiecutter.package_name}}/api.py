@@ -50,16 +50,17 @@ def create_app(settings: Settings | None = None, extra_services: Sequence[Single
     @app.api_route("/health/ready", methods=["GET", "HEAD"])
     async def ready(request: Request, response: Response) -> dict[str, Any]:
         """Readiness: 200 once every start-up task of this version is done (whichever worker ran
-        it: the run ledger is shared), else 503 with what is pending."""
+        it: the run ledger is shared), else 503 with what is pending and which of it has failed."""
         answer: dict[str, Any] = {"pid": os.getpid()}
         try:
             pending = await singleton_jobs.pending(request.app.state.ledger)
+            failing = await singleton_jobs.failing(request.app.state.ledger) if pending else {}
         except LockError as exc:
             response.status_code = 503
             return {**answer, "status": "unknown", "error": str(exc)}
         if pending:
             response.status_code = 503
-            return {**answer, "status": "starting", "pending": pending}
+            return {**answer, "status": "starting", "pending": pending, "failing": failing}
         return {**answer, "status": "ready", "pending": []}
 
     @app.get("/health/worker")

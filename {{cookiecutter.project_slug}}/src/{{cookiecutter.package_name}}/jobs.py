@@ -18,21 +18,41 @@ after a growing delay). Decorated functions stay plain async functions: a test c
 """
 
 from __future__ import annotations
-
+{% if cookiecutter.lock_backend == "postgres" %}
+import asyncio
+{%- endif %}
+{%- if cookiecutter.lock_backend in ["file", "redis"] %}
 import logging
 import os
+{%- endif %}
 
 from .coordination import Run, StartupRun, scheduled, startup_task
+{%- if cookiecutter.lock_backend == "postgres" %}
+from .database import upgrade_database
+{%- endif %}
 from .notifications.reports import report_schedule, send_report
+{%- if cookiecutter.lock_backend == "postgres" %}
+
+
+@startup_task()
+async def migrate_database(run: StartupRun) -> None:
+    """``alembic upgrade head`` (``database.py``, revisions in ``migrations/versions/``): once per
+    release, and every worker is not ready until it is done. Alembic blocks, so it runs in a thread;
+    a primary deposed meanwhile cannot stop that thread, and the next primary's upgrade waits for it
+    (``migrations/env.py``)."""
+    await asyncio.to_thread(upgrade_database, run.settings)
+{%- endif %}
+{%- if cookiecutter.lock_backend in ["file", "redis"] %}
 
 logger = logging.getLogger(__name__)
 
 
 @startup_task()
 async def prepare_storage(run: StartupRun) -> None:
-    """Example start-up task, where a migration (``alembic upgrade head``), seed data or a cache
-    warm-up goes: it runs once per release, and every worker is not ready until it is done."""
+    """Example start-up task, where a migration, seed data or a cache warm-up goes: it runs once per
+    release, and every worker is not ready until it is done."""
     logger.info("Start-up task %s ran on the primary (pid=%d)", run.key, os.getpid())
+{%- endif %}
 
 
 @scheduled(report_schedule)  # REPORT_SCHEDULE and friends; left out while REPORT_RECIPIENTS is empty

@@ -9,7 +9,8 @@ becomes primary, the one singleton service of this module (``Jobs.run_on_primary
    run is marked done, so restarts and failovers with the same version skip it. A primary that dies
    mid-task leaves the claim unfinished: the next primary runs the task again (write tasks to be
    idempotent or transactional). A task that fails is retried with a growing delay. Every worker,
-   primary or not, answers ``GET /health/ready`` from the same ledger (``Jobs.pending``).
+   primary or not, answers ``GET /health/ready`` from the same ledger (``Jobs.pending``, and
+   ``Jobs.failing`` for a task that keeps failing).
 2. **Scheduled jobs**, once every start-up task is done; one loop per job. Each fire time of the
    job's cron expression is a *period*, identified as ``<name>:20261128T070000Z`` (``run.key``).
    The primary claims each due period before running it and marks it done after. Claims are fenced:
@@ -378,6 +379,19 @@ class Jobs:
                 else:
                     pending.append(task.key)
         return pending
+
+    async def failing(self, ledger: RunLedger) -> dict[str, str | None]:
+        """The start-up tasks of this version that are not done and have failed at least once, each
+        with its last error if this worker saw it (the primary did; its log has the traceback)."""
+        return await self._cached("failing", lambda: self._read_failing(ledger))
+
+    async def _read_failing(self, ledger: RunLedger) -> dict[str, str | None]:
+        failing: dict[str, str | None] = {}
+        for task in self.startup:
+            failed = f"{FAILED_JOB_PREFIX}{task.ledger_job}"
+            if task.key not in self._done_tasks and await ledger.is_done(failed, task.version):
+                failing[task.key] = self.last_errors.get(task.ledger_job)
+        return failing
 
     async def describe(self, ledger: RunLedger) -> list[dict[str, Any]]:
         """Each job as ``/health/worker`` and the status command show it."""
