@@ -43,7 +43,7 @@ BAD_ANSWERS = [
     ("package_name", "support"),
     ("lock_backend", "zookeeper"),
     ("python_version", "3.10"),
-    ("python_version", "3.14"),
+    ("python_version", "3.15"),
     ("author_email", "you"),
     ("author_email", "you@example"),
     ("author_email", "@example.com"),
