@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import os
 import signal
 import time
@@ -28,7 +28,7 @@ Note = tuple[str, str, int, float]
 
 
 def test_the_decorators_leave_plain_functions_and_refuse_mistakes_at_import() -> None:
-    assert asyncio.iscoroutinefunction(jobs.prepare_storage) and asyncio.iscoroutinefunction(jobs.report)
+    assert inspect.iscoroutinefunction(jobs.prepare_storage) and inspect.iscoroutinefunction(jobs.report)
 
     async def report(run: Run) -> None: ...
 
