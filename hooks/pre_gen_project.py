@@ -13,7 +13,7 @@ import re
 import sys
 
 ALLOWED_BACKENDS = {"file", "redis", "postgres"}
-PYTHON_VERSIONS = {"3.11", "3.12", "3.13"}
+PYTHON_VERSIONS = {"3.11", "3.12", "3.13", "3.14"}
 MAX_NAME_LENGTH = 40  # longer names push generated lines past the line-length limit
 
 # The answers are JSON-encoded twice: the inner `tojson` makes JSON text of them, the outer one makes

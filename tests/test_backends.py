@@ -37,6 +37,7 @@ def test_every_backend_has_every_part(backend: str, tmp_path: Path) -> None:
     assert [name for name in CONTRACT_NAMES if name not in contract] == [], f"backend_{backend}.py is incomplete"
     assert (PROJECT_TEMPLATE / "tests" / f"test_{backend}_lock.py").is_file(), "its own fault tests"
     assert [name for name in FRAGMENT_FILES if not (FRAGMENTS / backend / name).is_file()] == []
+    assert (ROOT / "templates" / "locks" / f"{backend}.lock").is_file(), "its uv.lock: run tools/relock.py"
 
     table = backend_only_files(tmp_path, lock_backend=backend)
     assert f"tests/backend_{backend}.py" in table[backend] and f"tests/test_{backend}_lock.py" in table[backend]
@@ -70,6 +71,7 @@ def test_backend_is_chosen_in_one_place() -> None:
         "docker-compose.yml",
         ".env.example",
         ".github/workflows/ci.yml",
+        "uv.lock",
     }
     naming = sorted(
         str(path.relative_to(PROJECT_TEMPLATE))

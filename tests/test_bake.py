@@ -21,7 +21,8 @@ LOCK_BACKENDS = template_choices("lock_backend")  # adding "redis" to cookiecutt
 PYTHON_VERSIONS = template_choices("python_version")
 COMBINATIONS = [(backend, version) for backend in LOCK_BACKENDS for version in PYTHON_VERSIONS]
 VARIABLES = [name for name in json.loads((ROOT / "cookiecutter.json").read_text()) if not name.startswith("_")]
-LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.(?:" + "|".join(VARIABLES) + r")\b")
+# (`${{ ... }}` is a GitHub Actions expression, left for GitHub to evaluate)
+LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.(?:" + "|".join(VARIABLES) + r")\b")
 
 WEIRD_NAME = "Café \"Zürich\" {Ops} 'Alerts'"
 WEIRD_DESCRIPTION = "Says \"hi\" and 'bye' to C:\\ops\\ {x} \"\"\" and ''' too \\"
@@ -64,9 +65,23 @@ def assert_ruff_clean(project: Path) -> None:
     check([str(BIN / "ruff"), "format", "--check", "--no-cache", "."], project)
 
 
-def assert_mypy_clean(project: Path) -> None:
-    # Configured by the baked pyproject.toml ([tool.mypy]: strict, its package, the pydantic plugin).
-    check([sys.executable, "-m", "mypy", "--no-incremental"], project)
+def assert_mypy_clean(project: Path, python_version: str | None = None) -> None:
+    # Configured by the baked pyproject.toml ([tool.mypy]: strict, its package, the pydantic plugin),
+    # for the oldest supported Python unless told another (the generated CI checks each one).
+    version = ["--python-version", python_version] if python_version else []
+    check([sys.executable, "-m", "mypy", "--no-incremental", *version], project)
+
+
+def uv(*arguments: str) -> list[str]:
+    """A uv command that uses this Python (any supported one will do) and never downloads another.
+    Every uv command shares uv's default cache, so a package is downloaded once per machine."""
+    return [str(BIN / "uv"), *arguments, "--python", sys.executable]
+
+
+def assert_lock_matches(project: Path) -> None:
+    """The uv.lock shipped for this backend is up to date with the baked pyproject.toml (offline: an
+    up-to-date lock is checked without asking the index)."""
+    check(uv("lock", "--check", "--offline"), project, UV_PYTHON_DOWNLOADS="never")
 
 
 def assert_config_files_parse(project: Path) -> dict[str, Any]:
@@ -92,11 +107,20 @@ def test_every_combination_bakes_clean(
                 assert not (project / path).exists(), f"{path} belongs to the {backend} backend only"
     assert_no_template_leftovers(project)
     assert_python_compiles(project)
-    assert_config_files_parse(project)
+    pyproject = assert_config_files_parse(project)
     assert_ruff_clean(project)
-    # mypy takes a few seconds per bake, so it runs on every combination; should it grow slow, run it
-    # for each backend with the default python_version and for each version with the default backend.
-    assert_mypy_clean(project)
+    assert_lock_matches(project)
+    # Type-checked for the Python this combination deploys on: mypy takes several seconds per bake,
+    # so it runs for each backend with the default python_version and for each version with the
+    # default backend (the code differs by backend only; the version is mypy's target).
+    if lock_backend == LOCK_BACKENDS[0] or python_version == PYTHON_VERSIONS[0]:
+        assert_mypy_clean(project, python_version)
+    assert (project / ".python-version").read_text() == f"{python_version}\n"
+    assert pyproject["project"]["requires-python"] == f">={min(PYTHON_VERSIONS, key=version_key)}"
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def test_default_bake_names_the_project_my_service(bake: Callable[..., Path]) -> None:
@@ -114,6 +138,7 @@ def test_the_longest_allowed_names_bake_lint_clean(bake: Callable[..., Path], lo
     project = bake(lock_backend=lock_backend, project_slug=name, package_name=name)
     assert_no_template_leftovers(project)
     assert_ruff_clean(project)
+    assert_lock_matches(project)  # the project's name is in its lock
     assert_mypy_clean(project)
 
 

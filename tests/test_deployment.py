@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,11 +28,19 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
     workflow = ".github/workflows/ci.yml"
     check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", workflow], project)
     check([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.dependabot", ".github/dependabot.yml"], project)
-    assert yaml.safe_load((project / workflow).read_text())["permissions"] == {"contents": "read"}
+    check_workflow(yaml.safe_load((project / workflow).read_text()))
+    check([str(BIN / "pre-commit"), "validate-config", ".pre-commit-config.yaml"], project)
+    hooks = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())["repos"]
+    assert {"ruff-check", "ruff-format", "mypy"} <= {hook["id"] for repo in hooks for hook in repo["hooks"]}
+    dependabot = yaml.safe_load((project / ".github" / "dependabot.yml").read_text())["updates"]
+    assert {"uv", "github-actions", "docker"} == {update["package-ecosystem"] for update in dependabot}
 
     services = yaml.safe_load((project / "docker-compose.yml").read_text())["services"]
     api = {name: service for name, service in services.items() if name.startswith("api")}
     assert len(api) == 2, "two api containers, to show one election across them"
+    for service in api.values():  # healthy means ready: the start-up tasks are done
+        assert "/health/ready" in " ".join(service["healthcheck"]["test"])
+        assert service["healthcheck"]["start_period"] == "300s"
     if lock_backend == "file":
         assert "redis" not in services
         # Every api container mounts the same named volume where the lock file lives.
@@ -56,11 +65,31 @@ def test_deployment_files_pass_their_linters(bake: Callable[..., Path], lock_bac
     assert f"FROM python:{python_version}-slim" in dockerfile
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile and "/health/ready" in dockerfile
     assert 'CMD ["python", "-m", "my_service"]' in dockerfile and "WORKERS=4" in dockerfile
+    # Exactly uv.lock, without the dev group, bytecode compiled at build time, uv's cache mounted.
+    assert re.search(r"^COPY --from=uv /uv ", dockerfile, re.MULTILINE)
+    assert dockerfile.count("uv sync --frozen --no-dev") == 2 and "UV_COMPILE_BYTECODE=1" in dockerfile
+    assert dockerfile.count("--mount=type=cache,target=/root/.cache/uv") == 2
 
     # gunicorn reads its config file with the project importable (it validates the settings first).
     show = "import runpy; c = runpy.run_path('gunicorn.conf.py'); print(c['worker_class'], c['control_socket_disable'])"
     result = run([sys.executable, "-c", show], project, PYTHONPATH=str(project / "src"))
     assert result.stdout.split() == ["uvicorn_worker.UvicornWorker", "True"], result.stdout
+
+
+def check_workflow(workflow: dict[str, Any]) -> None:
+    """The generated CI: read-only token, actions pinned by commit, every job installs exactly uv.lock
+    with setup-uv's cache, and the tests run on every Python the template offers."""
+    assert workflow["permissions"] == {"contents": "read"}
+    for name, job in workflow["jobs"].items():
+        steps = job["steps"]
+        for step in steps:
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), f"{name}: pin {step['uses']}"
+        setup_uv = next(step for step in steps if step.get("uses", "").startswith("astral-sh/setup-uv@"))
+        assert setup_uv["with"]["enable-cache"] is True
+        assert any(step.get("run") == "uv sync --locked" for step in steps), f"{name} does not install uv.lock"
+    matrix = workflow["jobs"]["test"]["strategy"]["matrix"]["python-version"]
+    assert sorted(matrix) == sorted(template_choices("python_version")), "test every Python the template offers"
 
 
 def test_answers_file_holds_no_machine_paths_and_replays(bake: Callable[..., Path], tmp_path: Path) -> None:

