@@ -309,6 +309,39 @@ def start_server(lock_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
             stops.callback(server.stop)
 
 
+# -- Several instances (containers or hosts) sharing one lock scope ------------------------------------
+
+
+def both_instances(start_server: Callable[..., Server], **options: object) -> tuple[Server, Server]:
+    """Two servers (two uvicorn masters, as two containers would be) of two workers each."""
+    return start_server("uvicorn", workers=2, **options), start_server("uvicorn", workers=2, **options)
+
+
+def primaries(*servers: Server) -> set[int]:
+    return set().union(*(server.primaries() for server in servers))
+
+
+def single_primary(*servers: Server, timeout: float = DEADLINE) -> int:
+    found: set[int] = wait_until(
+        lambda: (p := primaries(*servers)) and len(p) == 1 and p, "one primary", timeout
+    )
+    return next(iter(found))
+
+
+def owner_of(pid: int, *servers: Server) -> Server:
+    return next(server for server in servers if pid in server.worker_pids())
+
+
+def merged_events(*servers: Server) -> list[tuple[int, bool]]:
+    """Role changes of several instances, in the order the tests read them."""
+    timed = sorted(
+        (when, event)
+        for server in servers
+        for event, when in zip(server.events, server.event_times, strict=True)
+    )
+    return [event for _, event in timed]
+
+
 @pytest.fixture
 def smtp_sink() -> Iterator[MailSink]:
     sink = MailSink()
