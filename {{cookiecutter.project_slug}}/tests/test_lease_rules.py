@@ -456,10 +456,12 @@ def test_a_holder_without_proof_of_death_is_never_replaced(
     clock: Clock, child: subprocess.Popen[bytes], how: str
 ) -> None:
     """Running, paused (SIGSTOP), seen by another pid or time namespace or boot (its numbers mean
-    nothing here, even where a process has them), or a token of an older version: the lease stands."""
-    view = "0-other-boot,pid1,time1" if how == "another-view" else None
-    token = token_of(child.pid, start_time(child.pid), view)
-    if how == "paused":
+    nothing here: here its pid is a process of another start time, which would prove a holder of
+    this view gone), or a token of an older version: the lease stands."""
+    token = token_of(child.pid, start_time(child.pid))
+    if how == "another-view":
+        token = token_of(child.pid, str(int(start_time(child.pid)) - 1), "0-other-boot,pid1,time1")
+    elif how == "paused":
         os.kill(child.pid, signal.SIGSTOP)
         wait_for_state(child.pid, "T")
     elif how == "unparsable":
