@@ -2,9 +2,8 @@
 instances, crash failover (at once when the dead holder provably shared this host, after its lease
 otherwise), graceful hand-over, and a paused primary that is waited out, never replaced early.
 
-The backend is the one this project was generated with ({{ cookiecutter.lock_backend }}); its own
-fault tests are in ``test_{{ cookiecutter.lock_backend }}_lock.py``. The tests use a 3 s lease
-(``LOCK_TTL_SECONDS=3``).
+The backend is the one this project was generated with (``contract.BACKEND``); its own fault tests
+are in ``test_<backend>_lock.py``. The tests use a 3 s lease (``LOCK_TTL_SECONDS=3``).
 """
 
 from __future__ import annotations
