@@ -61,6 +61,7 @@ DEAD_HOLDER_RETRY_SECONDS = 0.01
 """How often a standby retries while a holder that provably died still seems to hold the lock (a
 PostgreSQL session ends a moment after its process), for at most ``DEAD_HOLDER_GRACE_SECONDS``."""
 DEAD_HOLDER_GRACE_SECONDS = 1.0
+"""After that, a dead holder's lock that is still held (a session that lives on) is retried as usual."""
 
 WHY_WAIT = {
     "vanished": "the previous holder's lease vanished before it expired (deleted, evicted, lost by a "
