@@ -245,11 +245,10 @@ class PostgresLock(LeaseLock):
     async def _acquire_lease(self, token: str, holder: Holder, wait_without_record: float) -> Acquisition:
         async def acquire(conn: Connection) -> Acquisition:
             if not await _value(conn, "SELECT pg_try_advisory_lock(%s)", (self.key,)):
-                # The holder's lease length, and its token if the record is that of the session
-                # that holds the lock (for the crash proof).
-                query = """SELECT CASE WHEN state = 'held' THEN ttl_ms END, CASE WHEN backend_pid IN
-                    (SELECT pid FROM pg_locks WHERE {lock} AND granted) THEN token END
-                    FROM {record} WHERE id = 1"""
+                # The holder's lease length, and the record's token for the crash proof: the
+                # holder's, or (its session ended a moment ago, or a new holder has not written the
+                # record yet) the last one's, whose death is as good a reason to retry at once.
+                query = "SELECT CASE WHEN state = 'held' THEN ttl_ms END, token FROM {record} WHERE id = 1"
                 row = await (await conn.execute(self._sql(query))).fetchone()
                 ttl_ms, holder_token = row or (None, None)
                 return Acquisition(
