@@ -35,7 +35,7 @@ from typing import Any
 
 from harness.project import BACKENDS, ROOT, bake_all, write_apps
 
-DEFAULT_STEPS = "failover,handover,reloads,throughput,startup,standby_cost,alert_burst"
+DEFAULT_STEPS = "failover,crash,handover,reloads,throughput,startup,standby_cost,alert_burst"
 
 
 class LoadSampler(threading.Thread):
@@ -73,6 +73,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=[*BACKENDS, "all"], default="all")
     parser.add_argument("--trials", type=int, default=30, help="kill -9 failover trials per backend")
+    parser.add_argument(
+        "--crash-trials", type=int, default=20, help="kill -9 of the primary's server, same host, per backend"
+    )
+    parser.add_argument(
+        "--namespace-crash-trials", type=int, default=5, help="the same, the dead server in another pid namespace"
+    )
     parser.add_argument("--handover-trials", type=int, default=30, help="SIGTERM of the primary worker, per backend")
     parser.add_argument(
         "--server-trials", type=int, default=20, help="SIGTERM of the primary's server (two servers), per backend"
@@ -146,7 +152,7 @@ def run_default(
 ) -> None:
     from harness.backends import make_backend
     from harness.costs import measure_alert_burst, measure_standby_cost, measure_startup, measure_throughput
-    from harness.failover import measure_failover, measure_handover
+    from harness.failover import measure_crash_failover, measure_failover, measure_handover
     from harness.reloads import measure_reloads
 
     backends = {n: make_backend(n, projects[n], ctx["tmp"]) for n in sorted({"file", *names}, key=BACKENDS.index)}
@@ -154,6 +160,9 @@ def run_default(
     try:
         steps = {
             "failover": lambda: measure_failover(ctx, chosen, args.trials),
+            "crash": lambda: measure_crash_failover(
+                [backends["file"], *(b for b in chosen if b.lease)], args.crash_trials, args.namespace_crash_trials
+            ),
             "handover": lambda: measure_handover(chosen, args.handover_trials, args.server_trials),
             "reloads": lambda: measure_reloads(ctx, backends["file"], args.reload_trials),
             "throughput": lambda: measure_throughput(ctx, backends["file"], args.load_seconds),

@@ -14,8 +14,9 @@ from pathlib import Path
 ANSWERS = json.loads({{ cookiecutter | tojson | tojson }})
 PACKAGE = ANSWERS["package_name"]
 
-# The files (and folders) only one lock backend needs, relative to the project directory. When adding
-# a backend, list its own files here (and an empty list for a backend that has none).
+# The files (and folders) only some lock backends need, relative to the project directory: one is
+# removed unless the chosen backend lists it (the lease backends share their contract tests). When
+# adding a backend, list its own files here (and an empty list for a backend that has none).
 BACKEND_ONLY_FILES = {
     "file": [
         f"src/{PACKAGE}/coordination/file_lock.py",
@@ -27,6 +28,7 @@ BACKEND_ONLY_FILES = {
         f"src/{PACKAGE}/coordination/redis_lock.py",
         "tests/backend_redis.py",
         "tests/test_redis_lock.py",
+        "tests/test_lease_backend.py",
     ],
     "postgres": [
         f"src/{PACKAGE}/coordination/postgres_lock.py",
@@ -35,6 +37,7 @@ BACKEND_ONLY_FILES = {
         "tests/backend_postgres.py",
         "tests/test_migrations.py",
         "tests/test_postgres_lock.py",
+        "tests/test_lease_backend.py",
     ],
 }
 
@@ -50,12 +53,12 @@ def public_answers(answers: dict[str, object]) -> dict[str, object]:
 
 if __name__ == "__main__":
     project = Path.cwd()
-    for backend, paths in BACKEND_ONLY_FILES.items():
-        if backend != ANSWERS["lock_backend"]:
-            for path in map(project.joinpath, paths):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+    chosen = set(BACKEND_ONLY_FILES.get(ANSWERS["lock_backend"], []))
+    for paths in BACKEND_ONLY_FILES.values():
+        for path in map(project.joinpath, set(paths) - chosen):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     replay = {"cookiecutter": public_answers(ANSWERS)}
     (project / ANSWERS_FILE).write_text(json.dumps(replay, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -80,7 +80,9 @@ REDIS_IN_PROCESS = [
     "tests/test_redis_lock.py::test_cancelling_a_renewing_primary_always_stops_it",
     "tests/test_redis_lock.py::test_keys_garbled_by_hand_are_repaired_not_obeyed_for_ever",
 ]
-# Left out: test_paused_primary_steps_down_on_resume_without_running_singleton_work failed unmutated
+# Left out: test_lease_backend.py::test_paused_primary_is_not_replaced_before_its_lease_runs_out_and_
+# steps_down_on_resume (test_redis_lock.py's test_paused_primary_steps_down_on_resume_... until it moved
+# there, shared by the lease backends) failed unmutated
 # on a loaded machine (a tick of the resumed worker logged after the successor's promotion).
 REDIS_SERVERS = [
     "tests/test_election.py",

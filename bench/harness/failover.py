@@ -6,6 +6,8 @@ old primary's demotion line) to the moment its reader thread read the successor'
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import uuid
 from typing import Any
@@ -73,6 +75,55 @@ def measure_failover(ctx: dict[str, Any], backends: list[Backend], trials: int) 
             out["baseline"] = trials_summary(base_values)
     if "file" in out and out["baseline"]["p50"] and out["file"]["p50"] is not None:
         out["ratio_p50_file_over_baseline"] = out["file"]["p50"] / out["baseline"]["p50"]
+    return out
+
+
+OTHER_PID_NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+"""Runs a server in a pid namespace of its own (root only): as far as pids tell, another container."""
+
+
+def crash_trial(backend: Backend, env: dict[str, str], label: str, wrapper: tuple[str, ...]) -> float | None:
+    """Two servers of 2 workers share a lock scope; the first (run under ``wrapper``) holds the
+    primary; kill -9 of its whole process group; ms until the second's promotion line is read (None:
+    none within 15 s). Both stop gracefully after: the next trial's first server takes over at once."""
+    first = BenchServer(f"{backend.name}-{label}-first", f"{PACKAGE}.api:app", env, workers=2, wrapper=wrapper)
+    second: BenchServer | None = None
+    try:
+        if within(lambda: first.line_after(0.0, True), 40.0) is None:
+            raise RuntimeError(f"{first.name}: no primary after start\n{first.output()[-3000:]}")
+        second = BenchServer(f"{backend.name}-{label}-second", f"{PACKAGE}.api:app", env, workers=2)
+        second.wait_until_started()
+        t0 = now()
+        os.killpg(first.process.pid, signal.SIGKILL)  # the whole server: master and workers
+        t = within(lambda: second.promotion_after(t0, set()), NONE_AFTER)
+        return None if t is None else (t - t0) * 1000
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def measure_crash_failover(backends: list[Backend], trials: int, namespace_trials: int) -> dict[str, Any]:
+    """kill -9 of the server holding the primary, another server takes over, with the default ttl:
+    the two servers on the same host and pid namespace (``trials``), and the first in a pid namespace
+    of its own (``namespace_trials``, as another container; only as root). The file lock runs side
+    by side: the kernel frees a dead holder's lock whatever the namespace."""
+    namespaces = os.geteuid() == 0 and shutil.which("unshare") is not None
+    out: dict[str, Any] = {}
+    for backend in backends:
+        cases = {"same_host": ((), trials)}
+        if namespaces:
+            cases["other_pid_namespace"] = (OTHER_PID_NAMESPACE, namespace_trials)
+        out[backend.name] = {}
+        for case, (wrapper, count) in cases.items():
+            values: list[float | None] = []
+            env = backend.env(f"crash-{case}")  # no LOCK_TTL_SECONDS: the default (10 s)
+            for i in range(count):
+                values.append(crash_trial(backend, env, f"crash-{case}-{i + 1}", wrapper))
+                print(f"  crash {backend.name} {case} {i + 1}/{count}: {fmt(values[-1])} ms", flush=True)
+            out[backend.name][case] = trials_summary(values)
+    if not namespaces:
+        out["note"] = "not root, or no unshare(1): no pid-namespace trials"
     return out
 
 

@@ -74,10 +74,27 @@ def print_handover(h: dict[str, Any]) -> str:
     return text
 
 
+def print_crash(c: dict[str, Any]) -> str:
+    rows = [
+        [backend, case, r["p50"], r["p95"], r["max"], r["none"], r["trials"]]
+        for backend, cases in c.items()
+        if isinstance(cases, dict)
+        for case, r in cases.items()
+    ]
+    return table(
+        "Crash of the server holding the primary, default ttl (ms, kill -9 of its process group -> the "
+        "other server's promotion line read)",
+        ["backend", "dead holder", "p50", "p95", "max", "none", "trials"],
+        rows,
+    )
+
+
 def print_default(res: dict[str, Any]) -> list[str]:
     out = []
     if "failover" in res:
         out.append(print_failover(res["failover"]))
+    if "crash" in res:
+        out.append(print_crash(res["crash"]))
     if "handover" in res:
         out.append(print_handover(res["handover"]))
     if "reloads" in res:

@@ -46,13 +46,23 @@ class BenchServer(conftest.Server):
     keeps the epoch lines with their read times (the soak matches epochs to primary intervals).
     """
 
-    def __init__(self, name: str, app: str, env: dict[str, str], workers: int = 4, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        app: str,
+        env: dict[str, str],
+        workers: int = 4,
+        extra: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
+        """``wrapper``: a command that runs the server, e.g. ``unshare --pid --fork`` (another pid
+        namespace, as another container would be)."""
         self.name = name
         self.epochs: list[tuple[float, int, int]] = []  # (read time, pid, epoch)
         self.killed: dict[int, float] = {}  # pid -> when this process sent it SIGKILL
         self.started_at = now()
         port = free_port()
-        argv = conftest.uvicorn_argv(port, workers, "--no-access-log", *extra, app=app)
+        argv = [*wrapper, *conftest.uvicorn_argv(port, workers, "--no-access-log", *extra, app=app)]
         super().__init__(argv, env, port, workers)
 
     def _read_output(self) -> None:

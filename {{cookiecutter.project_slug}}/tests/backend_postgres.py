@@ -36,10 +36,10 @@ from {{ cookiecutter.package_name }}.coordination import PrimaryLock, make_lock
 from support import free_port, wait_until
 
 BACKEND = "postgres"
-FAILS_OVER_AT_ONCE = False
-"""The session of a crashed primary ends at once, but its holder record says until when it may still
-believe in its lease (it may be alive and cut off): the new primary waits that out (ttl 3 s), so the
-worker that the server starts in place of the dead one may win as well."""
+FAILS_OVER_AT_ONCE = True
+"""When the crashed primary was a worker of the same server (the same host and pid namespace), its
+standbys prove it dead and take over at once, before the server has replaced it (``lease.py``). A
+primary on another host or in another container is waited out: its lease must run out first."""
 BAD_SETTINGS = [
     ("DATABASE_URL", "mysql://u:pw@db/app", "invalid setting DATABASE_URL=<hidden>: must be a postgresql://"),
     (

@@ -31,9 +31,10 @@ from {{ cookiecutter.package_name }}.coordination import PrimaryLock, make_lock
 from support import free_port, wait_until
 
 BACKEND = "redis"
-FAILS_OVER_AT_ONCE = False
-"""After a crash the dead primary's lease must expire first, so the worker that the server starts in
-place of the dead one may win as well."""
+FAILS_OVER_AT_ONCE = True
+"""When the crashed primary was a worker of the same server (the same host and pid namespace), its
+standbys prove it dead and take over at once, before the server has replaced it (``lease.py``). A
+primary on another host or in another container is waited out: its lease must run out first."""
 BAD_SETTINGS = [
     ("REDIS_URL", "redis://:pw@host:port", "invalid setting REDIS_URL=<hidden>: must be a redis://"),
     ("REDIS_URL", "redis://h/0?socket_timeout=abc", "invalid setting REDIS_URL=<hidden>: must be a redis://"),

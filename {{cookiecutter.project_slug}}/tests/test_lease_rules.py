@@ -13,16 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
 from {{ cookiecutter.package_name }}.coordination import LockError, lease
 from {{ cookiecutter.package_name }}.coordination.base import Holder, RunLedger
 from {{ cookiecutter.package_name }}.coordination.lease import Acquisition, LeaseLock, belief_window
+from {{ cookiecutter.package_name }}.coordination.process import ProcessId, start_time, this_view
 
 from support import run_scenario
 
@@ -59,6 +65,7 @@ class MemoryLease(LeaseLock):
         self.renewals: list[float] = []  # clock times at which renewals were sent
         self.renewal: str = "ok"  # "ok", "lost", "fail" (LockError), or "slow" (answers in 50 ms)
         self.released: list[str] = []
+        self.ended: list[str] = []  # tokens of dead holders whose lease was ended
         self.announced = asyncio.Event()
 
     async def _acquire_lease(self, token: str, holder: Holder, wait_without_record: float) -> Acquisition:
@@ -76,6 +83,10 @@ class MemoryLease(LeaseLock):
 
     async def _release_lease(self, token: str) -> None:
         self.released.append(token)
+
+    async def _end_dead_lease(self, token: str) -> bool:
+        self.ended.append(token)
+        return True
 
     @asynccontextmanager
     async def _announcements(self) -> AsyncIterator[asyncio.Event]:
@@ -389,3 +400,107 @@ def test_hold_returns_when_the_lease_is_released_meanwhile(clock: Clock) -> None
         assert lock.renewals == []
 
     run_scenario(scenario)
+
+
+# -- A holder that provably died on this host ---------------------------------------------------------
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of this host that the test can pause, kill and leave unreaped: a holder."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def token_of(pid: int, start: str, view: str | None = None) -> str:
+    """A holder's token naming process ``pid`` (started at ``start``) as lease.new_token writes it."""
+    process = ProcessId(view=this_view() if view is None else view, pid=pid, start=start)
+    return f"{pid}@host#0123 {process.encode()}"
+
+
+def held_by(token: str) -> Acquisition:
+    return Acquisition(won=False, holder_token=token)
+
+
+@pytest.mark.parametrize("how", ["reaped", "zombie", "pid-reused"])
+def test_a_holder_that_provably_died_on_this_host_is_not_waited_for(
+    clock: Clock, child: subprocess.Popen[bytes], how: str
+) -> None:
+    """Gone, reaped or not (a zombie has no thread left to act), or its pid now names another process
+    (the same pid, another start time): its lease is ended under its token, and taken at once."""
+    started = start_time(child.pid)
+    if how == "pid-reused":  # the live child is not the holder that the record names
+        token = token_of(child.pid, str(int(started) - 1))
+    else:
+        token = token_of(child.pid, started)
+        os.kill(child.pid, signal.SIGKILL)
+        if how == "reaped":
+            child.wait()
+        else:
+            wait_for_state(child.pid, "Z")
+
+    async def scenario() -> None:
+        lock = MemoryLease(clock, retry_seconds=1)
+        lock.answers = [held_by(token)]
+        assert await lock.try_acquire()  # ended, then won at the second attempt, at once
+        assert lock.ended == [token] and len(lock.asked_to_wait) == 2
+
+    run_scenario(scenario)
+
+
+@pytest.mark.parametrize("how", ["running", "paused", "another-view", "unparsable"])
+def test_a_holder_without_proof_of_death_is_never_replaced(
+    clock: Clock, child: subprocess.Popen[bytes], how: str
+) -> None:
+    """Running, paused (SIGSTOP), seen by another pid or time namespace or boot (its numbers mean
+    nothing here: here its pid is a process of another start time, which would prove a holder of
+    this view gone), or a token of an older version: the lease stands."""
+    token = token_of(child.pid, start_time(child.pid))
+    if how == "another-view":
+        token = token_of(child.pid, str(int(start_time(child.pid)) - 1), "0-other-boot,pid1,time1")
+    elif how == "paused":
+        os.kill(child.pid, signal.SIGSTOP)
+        wait_for_state(child.pid, "T")
+    elif how == "unparsable":
+        token = f"{child.pid}@host#0123"
+
+    async def scenario() -> None:
+        lock = MemoryLease(clock, retry_seconds=0.05)
+        lock.answers = [held_by(token)] * 5
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(lock.acquire(), 0.2)  # retried, and retried: still held
+        assert lock.ended == [] and len(lock.asked_to_wait) >= 3
+
+    run_scenario(scenario)
+
+
+def test_a_standby_on_the_holders_host_wakes_up_when_the_holder_exits(
+    clock: Clock, child: subprocess.Popen[bytes]
+) -> None:
+    """No polling: a retry interval of 30 s, yet the standby acts within milliseconds of the kill."""
+    token = token_of(child.pid, start_time(child.pid))
+
+    async def scenario() -> None:
+        lock = MemoryLease(clock, retry_seconds=30)
+        lock.answers = [held_by(token)] * 2
+        acquiring = asyncio.create_task(lock.acquire())
+        await asyncio.sleep(0.2)
+        assert not acquiring.done() and len(lock.asked_to_wait) == 1  # looked once, now waits
+        os.kill(child.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await asyncio.wait_for(acquiring, 5)
+        assert time.monotonic() - killed_at < 0.5
+        assert lock.ended == [token] and lock.is_held()
+
+    run_scenario(scenario)
+
+
+def wait_for_state(pid: int, state: str) -> None:
+    """Wait until ``/proc/<pid>/stat`` shows ``state`` (Z: a zombie, T: stopped)."""
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != state:
+        assert time.monotonic() < deadline, f"process {pid} never reached state {state}"
+        time.sleep(0.01)

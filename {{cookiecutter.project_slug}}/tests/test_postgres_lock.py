@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -35,7 +33,11 @@ from {{ cookiecutter.package_name }}.coordination.postgres_lock import (
 )
 
 from backend_postgres import PostgresServer, mark_released
-from conftest import Server, current_holder, settings_from, status_output
+from conftest import (
+    Server,
+    settings_from,
+    status_output,
+)
 from contract import take_over_behind_its_back
 from support import (
     SENTINEL,
@@ -87,50 +89,6 @@ def new_role(server: PostgresServer, password: str, *options: str) -> str:
 
 
 # -- Many instances, one primary -----------------------------------------------------------------
-
-
-def test_one_primary_across_two_instances(
-    start_server: Callable[..., Server], lock_env: dict[str, str]
-) -> None:
-    first, second = both_instances(start_server)
-
-    primary = single_primary(first, second)
-
-    holder = current_holder(lock_env)
-    assert holder is not None and holder.pid == primary
-    for server in (first, second):
-        answer = server.get("/health/worker").json()
-        assert answer["holder"]["pid"] == primary
-        assert answer["backend"] == "postgres"
-        assert answer["epoch"] == holder.epoch
-
-
-def test_kill_9_of_the_instance_holding_the_primary_fails_over_within_ttl(
-    start_server: Callable[..., Server],
-) -> None:
-    first, second = both_instances(start_server)
-    primary = single_primary(first, second)
-    crashed, survivor = (first, second) if primary in first.worker_pids() else (second, first)
-
-    os.killpg(crashed.process.pid, signal.SIGKILL)  # the whole instance: master and workers
-    killed_at = time.monotonic()
-
-    # PostgreSQL ends the dead sessions at once; the new holder waits out the dead one's lease.
-    new_primary = survivor.wait_for_primary(timeout=TTL + RETRY + SLACK)
-    assert survivor.event_time(new_primary, True) - killed_at <= TTL + RETRY + SLACK
-
-
-def test_graceful_stop_hands_over_in_under_a_second(start_server: Callable[..., Server]) -> None:
-    first, second = both_instances(start_server)
-    primary = single_primary(first, second)
-    stopping, staying = (first, second) if primary in first.worker_pids() else (second, first)
-
-    assert stopping.stop() == 0
-
-    new_primary = staying.wait_for_primary(timeout=TTL)
-    # The release is announced with NOTIFY; standbys do not wait for their next retry.
-    handover = staying.event_time(new_primary, True) - stopping.event_time(primary, False)
-    assert handover < 1.0
 
 
 def test_an_ended_session_demotes_the_primary_before_anyone_promotes(
@@ -208,32 +166,6 @@ def test_server_down_at_start_then_elected_once_it_is_up(start_server: Callable[
         server.assert_never_two_primaries()
     finally:
         late.remove()
-
-
-def test_paused_primary_steps_down_on_resume_without_running_singleton_work(
-    start_server: Callable[..., Server],
-) -> None:
-    # gunicorn: its worker timeout (60 s) tolerates the pause; uvicorn's supervisor would kill the
-    # paused worker after 5 s without a health-check answer.
-    server = start_server("gunicorn", workers=3, app="apps:ticking_app()", extra=("--timeout", "60"))
-    primary = server.wait_for_primary()
-    server.wait_for_log(rf"Singleton tick: pid={primary}")
-
-    os.kill(primary, signal.SIGSTOP)
-    # The frozen worker cannot log anything: it still looks primary in the log until it resumes.
-    # Its session lives on, but the server ends it once it has been idle for a lease (3 s).
-    successor = wait_until(
-        lambda: min(server.primaries() - {primary}, default=None), "a successor", TTL + TTL + SLACK
-    )
-    server.wait_for_log(rf"Singleton tick: pid={successor}")
-    os.kill(primary, signal.SIGCONT)
-
-    server.wait_for_log(rf"Worker role change: pid={primary}, primary=False", timeout=TTL)
-    lines = server.output().splitlines()
-    promoted = next(i for i, line in enumerate(lines) if f"pid={successor}, primary=True" in line)
-    ticks_after = [line for line in lines[promoted:] if f"Singleton tick: pid={primary}" in line]
-    assert ticks_after == []  # the resumed worker did no singleton work once it was deposed
-    assert server.primaries() == {successor}
 
 
 def test_no_renewal_runs_past_the_deadline_when_the_server_hangs(

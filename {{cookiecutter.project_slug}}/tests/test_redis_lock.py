@@ -37,7 +37,14 @@ from {{ cookiecutter.package_name }}.coordination.redis_lock import RedisLock
 from {{ cookiecutter.package_name }}.redaction import mask_url
 
 from backend_redis import RedisServer, redis_server_binaries, take_over_behind_its_back, tls_capable_binary
-from conftest import PACKAGE, Server, current_holder, service_env, settings_from, status_output
+from conftest import (
+    PACKAGE,
+    Server,
+    current_holder,
+    service_env,
+    settings_from,
+    status_output,
+)
 from mail_sink import MailSink, assert_each_period_once_without_gaps, mail_env
 from support import (
     SENTINEL,
@@ -66,49 +73,6 @@ def redis_lock(settings: Settings) -> RedisLock:
     return lock
 
 
-def test_one_primary_across_two_instances(
-    start_server: Callable[..., Server], lock_env: dict[str, str]
-) -> None:
-    first, second = both_instances(start_server)
-
-    primary = single_primary(first, second)
-
-    holder = current_holder(lock_env)
-    assert holder is not None and holder.pid == primary
-    for server in (first, second):
-        answer = server.get("/health/worker").json()
-        assert answer["holder"]["pid"] == primary
-        assert answer["backend"] == "redis"
-        assert answer["epoch"] == holder.epoch
-
-
-def test_crash_of_the_instance_holding_the_primary_fails_over_within_ttl(
-    start_server: Callable[..., Server],
-) -> None:
-    first, second = both_instances(start_server)
-    primary = single_primary(first, second)
-    crashed, survivor = (first, second) if primary in first.worker_pids() else (second, first)
-
-    os.killpg(crashed.process.pid, signal.SIGKILL)  # the whole instance: master and workers
-    killed_at = time.monotonic()
-
-    new_primary = survivor.wait_for_primary(timeout=TTL + RETRY + SLACK)
-    assert survivor.event_time(new_primary, True) - killed_at <= TTL + RETRY + SLACK
-
-
-def test_graceful_stop_hands_over_in_under_a_second(start_server: Callable[..., Server]) -> None:
-    first, second = both_instances(start_server)
-    primary = single_primary(first, second)
-    stopping, staying = (first, second) if primary in first.worker_pids() else (second, first)
-
-    assert stopping.stop() == 0
-
-    new_primary = staying.wait_for_primary(timeout=TTL)
-    # The release is announced on <prefix>:released; standbys do not wait for their next retry.
-    handover = staying.event_time(new_primary, True) - stopping.event_time(primary, False)
-    assert handover < 1.0
-
-
 def test_redis_down_demotes_the_primary_and_nobody_is_primary_until_it_is_back(
     start_server: Callable[..., Server], backend_server: RedisServer
 ) -> None:
@@ -132,31 +96,6 @@ def test_redis_down_demotes_the_primary_and_nobody_is_primary_until_it_is_back(
     single_primary(first, second)
     for server in (first, second):
         server.assert_never_two_primaries()
-
-
-def test_paused_primary_steps_down_on_resume_without_running_singleton_work(
-    start_server: Callable[..., Server],
-) -> None:
-    # gunicorn: its worker timeout (60 s) tolerates the pause; uvicorn's supervisor would kill the
-    # paused worker after 5 s without a health-check answer.
-    server = start_server("gunicorn", workers=3, app="apps:ticking_app()", extra=("--timeout", "60"))
-    primary = server.wait_for_primary()
-    server.wait_for_log(rf"Singleton tick: pid={primary}")
-
-    os.kill(primary, signal.SIGSTOP)
-    # The frozen worker cannot log anything: it still looks primary in the log until it resumes.
-    successor = wait_until(
-        lambda: min(server.primaries() - {primary}, default=None), "a successor", TTL + RETRY + SLACK
-    )
-    server.wait_for_log(rf"Singleton tick: pid={successor}")
-    os.kill(primary, signal.SIGCONT)
-
-    server.wait_for_log(rf"Worker role change: pid={primary}, primary=False", timeout=TTL)
-    lines = server.output().splitlines()
-    promoted = next(i for i, line in enumerate(lines) if f"pid={successor}, primary=True" in line)
-    ticks_after = [line for line in lines[promoted:] if f"Singleton tick: pid={primary}" in line]
-    assert ticks_after == []  # the resumed worker did no singleton work once it was deposed
-    assert server.primaries() == {successor}
 
 
 def test_release_and_renewal_check_the_token(lock_env: dict[str, str]) -> None:

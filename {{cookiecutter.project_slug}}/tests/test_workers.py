@@ -57,10 +57,9 @@ def test_standby_takes_over_after_kill_9_before_any_restart(
     os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
 
-    # A backend that fails over at once (the file lock: the kernel drops a dead holder's lock) makes
-    # one of the workers that were already running primary, not the replacement the server starts
-    # for the dead worker. Lease backends wait for the dead worker's lease to expire first (ttl 3 s
-    # + retry), so the replacement may win as well.
+    # A backend that fails over at once (the file lock: the kernel drops a dead holder's lock; a
+    # lease: the standbys prove that a worker of their own server died) makes one of the workers
+    # that were already running primary, not the replacement the server starts for the dead worker.
     new_primary = server.wait_for_primary(timeout=10, among=standbys if FAILS_OVER_AT_ONCE else None)
     assert new_primary != primary
     server.assert_never_two_primaries()

@@ -22,6 +22,14 @@ this class keeps the time:
   it knows of: its own, or any longer one it has seen in a record while it was a standby. After a
   graceful release, or a lease that simply expired, there is nothing to wait for.
 * **Standbys retry** every ``LOCK_RETRY_SECONDS`` and at once when a release is announced.
+* **A holder that provably died on this host is not waited for.** The lease's token names the
+  process that holds it (``process.ProcessId``: boot, pid and time namespaces, pid, start time). A
+  standby that sees pids as the holder does checks at each attempt whether that process is gone
+  (``process.examine``), and between attempts waits on a pidfd that wakes it when the holder exits.
+  A process that is gone cannot act, so the standby ends that lease at once, only if it still holds
+  that token (``_end_dead_lease``), and campaigns as usual: a new epoch, no wait for the dead
+  holder's lease (a wait the dead holder itself still had to do is passed on). Anything short of
+  proof (another host or container, a paused holder, an unreadable ``/proc``) waits out the lease.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..metrics import count_renew_failure
 from .base import Holder, LockError, RunLedger
+from .process import Examination, ProcessId, examine
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +57,17 @@ MAX_LEASE_SECONDS = 300
 """The longest lease a holder may have (LOCK_TTL_SECONDS): no takeover wait is ever longer."""
 MAX_RENEW_INTERVAL_SECONDS = 0.5
 """The primary renews at least this often, whatever its ttl (see the module's docstring)."""
+DEAD_HOLDER_RETRY_SECONDS = 0.01
+"""How often a standby retries while a holder that provably died still seems to hold the lock (a
+PostgreSQL session ends a moment after its process), for at most ``DEAD_HOLDER_GRACE_SECONDS``."""
+DEAD_HOLDER_GRACE_SECONDS = 1.0
+"""After that, a dead holder's lock that is still held (a session that lives on) is retried as usual."""
 
 WHY_WAIT = {
     "vanished": "the previous holder's lease vanished before it expired (deleted, evicted, lost by a "
     "restart, or its session ended), or that holder was itself still waiting out an earlier one",
-    "inherited": "the previous holder released the lease while it was still waiting out an earlier one",
+    "inherited": "the previous holder released the lease (or provably died) while it was still waiting "
+    "out an earlier one",
     "unknown": "there is no record of a previous holder (a new lock scope, or a store that lost its data)",
 }
 
@@ -77,6 +92,27 @@ class LeaseSettings(BaseModel):
         return self
 
 
+def new_token() -> str:
+    """A token unique to one acquisition: ``pid@host#random``, then the process that holds it
+    (``ProcessId``), so that a standby on the same host can prove that holder gone."""
+    return f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex} {ProcessId.me().encode()}"
+
+
+def examine_holder(token: str) -> Examination:
+    """Whether the process that holds the lease under ``token`` provably no longer runs (see
+    ``process.examine``); a token of an older version names none, and proves nothing."""
+    process = ProcessId.decode(token.rpartition(" ")[2]) if " " in token else None
+    return examine(process) if process is not None else Examination(gone=False)
+
+
+def holder_is_gone(token: str) -> bool:
+    """Whether the process that holds the lease under ``token`` provably no longer runs."""
+    found = examine_holder(token)
+    if found.exit_fd is not None:
+        os.close(found.exit_fd)
+    return found.gone
+
+
 def safety_margin(ttl: float) -> float:
     """How long before the lease expires the primary gives up: 2 s, or a third of a short ttl."""
     return min(2.0, ttl / 3)
@@ -99,6 +135,8 @@ class Acquisition:
     """Won: why it must wait (a key of ``WHY_WAIT``)."""
     holder_ttl: float | None = None
     """Lost: the lease length of the current holder, if the record tells."""
+    holder_token: str = ""
+    """Lost: the token of the current holder, if the store tells."""
 
 
 class LeaseLock(ABC):
@@ -120,6 +158,9 @@ class LeaseLock(ABC):
         self._next_renewal = 0.0  # monotonic time of the next renewal
         self._takeover_at = 0.0  # monotonic time before which a newly won lease must not be used
         self._longest_ttl_seen = ttl  # the longest lease of any holder seen in this scope
+        self._holder_exit_fd: int | None = None  # a pidfd of the holder last seen, to wake on its exit
+        self._holder_gone = False  # the last attempt found the holder provably dead
+        self._dead_token, self._dead_seen_at = "", 0.0  # the last holder found dead, and when first
 
     # -- what a backend supplies -------------------------------------------------------------------
 
@@ -139,6 +180,12 @@ class LeaseLock(ABC):
         """Delete the lease if it still holds ``token``, mark the record released, announce it."""
 
     @abstractmethod
+    async def _end_dead_lease(self, token: str) -> bool:
+        """End the lease held under ``token``, whose holder provably died, so that the next holder
+        need not wait for it: only if it is still held under that token, in one atomic step. True
+        if this call ended it."""
+
+    @abstractmethod
     def _announcements(self) -> AbstractAsyncContextManager[asyncio.Event]:
         """Listen for release announcements: the event is set on each one (subscribed on entry,
         so that no release slips between the listening and the next attempt)."""
@@ -155,13 +202,23 @@ class LeaseLock(ABC):
     # -- the lock ---------------------------------------------------------------------------------
 
     async def try_acquire(self) -> bool:
-        token = f"{os.getpid()}@{socket.gethostname()}#{uuid.uuid4().hex}"
+        self._forget_holder_exit()
+        for _ in range(2):  # once more, at once, right after ending a dead holder's lease
+            if await self._attempt():
+                return True
+            if not self._holder_gone:
+                break
+        return False
+
+    async def _attempt(self) -> bool:
+        token = new_token()
         holder = Holder.me(0)
         sent_at = time.monotonic()
         result = await self._acquire_lease(token, holder, belief_window(self._longest_ttl_seen))
         if not result.won:
             if result.holder_ttl:  # a longer lease than ours must be waited out one day
                 self._longest_ttl_seen = max(self._longest_ttl_seen, result.holder_ttl)
+            self._holder_gone = await self._look_at_holder(result.holder_token)
             return False
         received_at = time.monotonic()
         self.token, self.epoch, self._renewed_at = token, result.epoch, sent_at
@@ -181,19 +238,57 @@ class LeaseLock(ABC):
             )
         return True
 
+    async def _look_at_holder(self, token: str) -> bool:
+        """After a lost attempt: if the holder provably died on this host, end its lease and say
+        so; else keep a pidfd of it (if it runs here) to wake up when it exits."""
+        found = examine_holder(token)
+        if not found.gone:
+            self._holder_exit_fd = found.exit_fd
+            return False
+        if token != self._dead_token:
+            self._dead_token, self._dead_seen_at = token, time.monotonic()
+        if await self._end_dead_lease(token):
+            logger.info(
+                "The primary (%s) died on this host: its lease was ended at once instead of waiting "
+                "for it to expire",
+                token.partition("#")[0],
+            )
+        return True
+
+    def _forget_holder_exit(self) -> None:
+        fd, self._holder_exit_fd = self._holder_exit_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _next_attempt_in(self) -> float:
+        """The retry interval; much sooner while a holder that provably died still holds the lock."""
+        if self._holder_gone and time.monotonic() - self._dead_seen_at < DEAD_HOLDER_GRACE_SECONDS:
+            return DEAD_HOLDER_RETRY_SECONDS
+        return self.retry_seconds
+
     def takeover_delay(self) -> float:
         return max(0.0, self._takeover_at - time.monotonic()) if self.is_held() else 0.0
 
     async def acquire(self) -> None:
-        """Try now, then again on every release announcement or every ``retry_seconds``."""
-        async with self._announcements() as released:
+        """Try now, then again on every release announcement, when the holder exits (if it runs on
+        this host), or every ``retry_seconds``."""
+        loop = asyncio.get_running_loop()
+        async with self._announcements() as wake_up:
             while True:
-                released.clear()
+                wake_up.clear()
                 if await self.try_acquire():
                     return
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(self.retry_seconds):
-                        await released.wait()
+                exit_fd = self._holder_exit_fd
+                if exit_fd is not None:
+                    loop.add_reader(exit_fd, wake_up.set)  # readable once the holder has exited
+                try:
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(self._next_attempt_in()):
+                            await wake_up.wait()
+                finally:
+                    if exit_fd is not None:
+                        loop.remove_reader(exit_fd)
+                    self._forget_holder_exit()
 
     async def hold(self) -> None:
         # The schedule lives on the instance: hold() is entered again after the takeover wait and
@@ -233,6 +328,7 @@ class LeaseLock(ABC):
         return time.monotonic() - self._renewed_at < belief_window(self.ttl)
 
     async def release(self) -> None:
+        self._forget_holder_exit()
         if not self.token:
             return
         token, self.token, self._renewed_at = self.token, "", None

@@ -63,7 +63,7 @@ from pydantic import field_validator
 
 from ..redaction import mask_url, url_secrets
 from .base import STARTUP_JOB_PREFIX, Claim, Holder, LockError
-from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock, LeaseSettings
+from .lease import MAX_LEASE_SECONDS, Acquisition, LeaseLock, LeaseSettings, holder_is_gone
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -245,10 +245,15 @@ class PostgresLock(LeaseLock):
     async def _acquire_lease(self, token: str, holder: Holder, wait_without_record: float) -> Acquisition:
         async def acquire(conn: Connection) -> Acquisition:
             if not await _value(conn, "SELECT pg_try_advisory_lock(%s)", (self.key,)):
-                ttl_ms = await _value(
-                    conn, self._sql("SELECT ttl_ms FROM {record} WHERE id = 1 AND state = 'held'")
+                # The holder's lease length, and the record's token for the crash proof: the
+                # holder's, or (its session ended a moment ago, or a new holder has not written the
+                # record yet) the last one's, whose death is as good a reason to retry at once.
+                query = "SELECT CASE WHEN state = 'held' THEN ttl_ms END, token FROM {record} WHERE id = 1"
+                row = await (await conn.execute(self._sql(query))).fetchone()
+                ttl_ms, holder_token = row or (None, None)
+                return Acquisition(
+                    won=False, holder_ttl=ttl_ms / 1000 if ttl_ms else None, holder_token=holder_token or ""
                 )
-                return Acquisition(won=False, holder_ttl=ttl_ms / 1000 if ttl_ms else None)
             try:
                 async with conn.transaction():
                     return await self._take_record(conn, token, holder, wait_without_record)
@@ -265,7 +270,7 @@ class PostgresLock(LeaseLock):
         # Seconds until the last lease expires and until its holder was to start singleton work, in
         # the database's clock, between 0 and the longest wait (a record edited by hand, even to
         # 'infinity', cannot stall everyone for ever).
-        query = """SELECT state, epoch,
+        query = """SELECT state, epoch, token,
                 extract(epoch FROM least(greatest(expires_at, now), now + {longest}) - now),
                 extract(epoch FROM least(greatest(active_at, now), now + {longest}) - now)
             FROM {record}, clock_timestamp() AS now WHERE id = 1 FOR UPDATE OF {record}"""
@@ -274,8 +279,16 @@ class PostgresLock(LeaseLock):
         if record is None:  # a new scope, or the record was deleted by hand
             wait, why, last_epoch = wait_without_record, "unknown", 0
         else:
-            state, last_epoch, expires_in, active_in = record
-            if state == "released":  # gracefully, but maybe while it was still waiting out another
+            state, last_epoch, last_token, expires_in, active_in = record
+            # Released gracefully (maybe while it was still waiting out another lease), or its
+            # holder provably died on this host: only a wait that holder still had is left.
+            dead = state == "held" and holder_is_gone(last_token)
+            if dead:
+                logger.info(
+                    "The primary (%s) died on this host: its lease is not waited for",
+                    last_token.partition("#")[0],
+                )
+            if state == "released" or dead:
                 wait, why = float(active_in), "inherited"
             else:  # its session ended, but its worker may still believe in the lease
                 wait, why = float(max(expires_in, active_in)), "vanished"
@@ -323,6 +336,16 @@ class PostgresLock(LeaseLock):
             if self._session.conn is None:  # the session ended, and the advisory lock with it
                 return False
             raise
+
+    async def _end_dead_lease(self, token: str) -> bool:
+        # The dead holder's session ends with its process (the server frees the advisory lock a
+        # moment later); marking its record released, only if it is still that holder's, spares
+        # the next holder the wait for its lease.
+        async def end(conn: Connection) -> bool:
+            query = "UPDATE {record} SET state = 'released' WHERE token = %s AND state = 'held' RETURNING 1"
+            return await _value(conn, self._sql(query), (token,)) is not None
+
+        return await self.call(end)
 
     async def _release_lease(self, token: str) -> None:
         async def release(conn: Connection) -> None:

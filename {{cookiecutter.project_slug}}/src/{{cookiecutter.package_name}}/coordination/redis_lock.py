@@ -2,8 +2,9 @@
 
 Keys, all under ``LOCK_KEY_PREFIX`` (``<prefix>`` below):
 
-* ``<prefix>:primary``, the lease: a token unique to the holder (pid, host, random part), set with
-  ``SET NX PX`` and renewed while the holder lives.
+* ``<prefix>:primary``, the lease: a token unique to the holder (pid, host, random part, and the
+  process for the crash proof of ``lease.py``), set with ``SET NX PX`` and renewed while the holder
+  lives.
 * ``<prefix>:holder``, the holder record (see ``lease.py``): who holds the lease, its epoch, its
   lease length, until when its lease runs if not renewed, from when it may run singleton work.
 * ``<prefix>:epoch``, the number of the latest acquisition: the fencing token.
@@ -12,7 +13,8 @@ Keys, all under ``LOCK_KEY_PREFIX`` (``<prefix>`` below):
 Each step is one small Lua script, so that it is atomic: taking the lease, numbering the epoch and
 writing the record happen together; a renewal extends the lease and moves the record's expiry
 together; a release deletes the lease only if it still holds our token, marks the record released
-and tells the standbys (``PUBLISH``). redis-py's ``Lock`` does the first half of each of these, but
+and tells the standbys (``PUBLISH``); the same script ends the lease of a holder that provably
+died on this host, under that holder's token. redis-py's ``Lock`` does the first half of each of these, but
 cannot keep a record in step with the lease, which the takeover rule needs. The scripts repair what
 they find broken (a key of the wrong type, an epoch that is no number, a lease without an expiry)
 instead of failing on it for ever, and say so. The rules of time are in ``lease.py``.
@@ -120,9 +122,11 @@ ACQUIRE = (
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if redis.call('PTTL', KEYS[1]) == -1 then  -- a lease without expiry would block everyone for ever
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {0, '', 'lease-without-expiry'}
+    return {0, '', 'lease-without-expiry', ''}
   end
-  return {0, record_field(KEYS[3], 'ttl_ms') or '', ''}
+  local holder = ''  -- its token, for the crash proof (a key of another type names nobody)
+  if redis.call('TYPE', KEYS[1]).ok == 'string' then holder = redis.call('GET', KEYS[1]) end
+  return {0, record_field(KEYS[3], 'ttl_ms') or '', '', holder}
 end
 local wait, why, note = tonumber(ARGV[6]), 'unknown', ''
 local state = record_field(KEYS[3], 'state')
@@ -256,7 +260,7 @@ class RedisLock(LeaseLock):
                     self.ttl,
                 )
             ttl = int(result[1]) / 1000 if str(result[1]).isdigit() else None
-            return Acquisition(won=False, holder_ttl=ttl)
+            return Acquisition(won=False, holder_ttl=ttl, holder_token=str(result[3]))
         _, epoch, wait_ms, why, note = result
         if note == "epoch-repaired":
             logger.error("The epoch key %s held no number (edited by hand?): now %d", self.epoch_key, epoch)
@@ -272,6 +276,13 @@ class RedisLock(LeaseLock):
             await self._release_script(keys=[self.key, self.holder_key], args=[token, self.channel])
         except RedisError as exc:
             logger.warning("Could not release the primary lease (it expires in %.0f s): %s", self.ttl, exc)
+
+    async def _end_dead_lease(self, token: str) -> bool:
+        # Exactly a release in the dead holder's name: deleted only if it still holds that token,
+        # the record marked released (a wait the dead holder still had to do is passed on),
+        # the other standbys told.
+        keys, args = [self.key, self.holder_key], [token, self.channel]
+        return bool(await self.call(self._release_script(keys=keys, args=args)))
 
     @asynccontextmanager
     async def _announcements(self) -> AsyncIterator[asyncio.Event]:
