@@ -505,3 +505,34 @@ def test_readiness_does_not_wait_behind_a_slow_job_status(lock_env: dict[str, st
         await election.stop()
 
     run_scenario(scenario)
+
+
+def test_the_job_status_tells_since_when_a_run_is_in_progress(lock_env: dict[str, str]) -> None:
+    """A run that hangs (no timeout) shows on the primary's ``/health/worker``."""
+    settings = settings_from(lock_env)
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def hangs(run: Run) -> None:
+        started.set()
+        await finish.wait()
+
+    job = ScheduledJob("report", hangs, Schedule(EVERY_SECOND))
+    jobs = Jobs(settings, [job], [])
+
+    async def running_since(ledger: RunLedger) -> Any:
+        await asyncio.sleep(jobs_module.STATUS_CACHE_SECONDS)
+        return next(entry for entry in await jobs.describe(ledger))["running_since"]
+
+    async def scenario() -> None:
+        election = Election(make_lock(settings), [jobs.run_on_primary])
+        await election.start()
+        ledger = election.lock.run_ledger()
+        await asyncio.wait_for(started.wait(), 10)
+        since = await running_since(ledger)
+        assert since is not None and datetime.fromisoformat(since) <= datetime.now(UTC)
+        finish.set()
+        await asyncio.sleep(0.1)
+        assert await running_since(ledger) is None
+        await election.stop()
+
+    run_scenario(scenario)
