@@ -694,7 +694,7 @@ def test_the_primary_runs_a_start_up_task_again_when_the_ledger_lost_it(
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(done(), 10)
-        ledger.path.unlink()  # lost
+        lock_path.with_name(f"{lock_path.name}.runs.sqlite3").unlink()  # lost
         await eventually(lambda: len(runs) == 2, "the task to run again")
         await asyncio.wait_for(done(), 10)
         await election.stop()
