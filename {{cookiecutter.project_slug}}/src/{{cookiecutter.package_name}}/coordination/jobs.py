@@ -19,8 +19,12 @@ becomes primary, the one singleton service of this module (``Jobs.run_on_primary
 3. **Catch-up.** Periods missed while nobody was primary (a crash, a reload) or while a job kept
    failing are run late by the policy of the job: ``"all"`` of them at most ``catch_up_seconds``
    old, oldest first; ``"latest"``, only the newest of those; ``"none"``, only the current period.
-   Skipped periods are logged as a WARNING. A job that never ran starts with the first period after
-   the promotion.
+   Skipped periods are logged as a WARNING. A new job starts with the first period after the
+   promotion of the first primary that runs it (noted in the ledger, so that a failed or cut-short
+   first run is retried by the next primary like any other).
+4. **Nothing stops for good.** Whatever a job or task raises (also ``SystemExit`` or a
+   ``CancelledError`` of its own) is one failed attempt, retried; only a cancellation by the
+   election (a demotion) ends a run.
 
 A run that succeeded but whose "done" could not be written (the primary died in between) is run
 again by the next primary, under the same ``run.key``: pass the key to external systems that can
