@@ -10,9 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from {{ cookiecutter.package_name }} import jobs as service_jobs
+from {{ cookiecutter.package_name }}.__main__ import main as launcher_main
 from {{ cookiecutter.package_name }}.config import SECRET_SETTINGS
-from {{ cookiecutter.package_name }}.coordination import make_lock
+from {{ cookiecutter.package_name }}.coordination import Schedule, make_lock
+from {{ cookiecutter.package_name }}.coordination import jobs as coordination_jobs
 
 from conftest import (
     PACKAGE,
@@ -180,6 +184,21 @@ def test_launcher_refuses_a_bad_flag_with_exit_3(
 ) -> None:
     result = launcher(flag, value, env=service_env(lock_env))
     assert result.returncode == 3 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_launcher_refuses_a_bad_job_declaration_with_exit_3(
+    lock_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Instead of workers that fail on it and are restarted for ever. (In process: a schedule from
+    the settings that never fires, as a stand-in for any mistake the decorators refuse.)"""
+    for name, value in service_env(lock_env).items():
+        monkeypatch.setenv(name, value)
+    never = (service_jobs.report, lambda _: Schedule("0 0 30 2 *"))
+    monkeypatch.setitem(coordination_jobs._scheduled, "never", never)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("a server was started"))
+
+    assert launcher_main([]) == 3
+    assert "ERROR: bad job declaration in " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("source", ["flags", "environment"])

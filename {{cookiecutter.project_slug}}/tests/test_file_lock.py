@@ -21,15 +21,17 @@ from typing import Any
 import pytest
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Election, LockError, is_primary_worker
+from {{ cookiecutter.package_name }}.coordination import Election, Jobs, LockError, StartupRun, is_primary_worker
+from {{ cookiecutter.package_name }}.coordination import jobs as coordination_jobs
 from {{ cookiecutter.package_name }}.coordination.file_lock import (
     FileLock,
     FileRunLedger,
     parse_lock_file,
 )
+from {{ cookiecutter.package_name }}.coordination.jobs import StartupTask
 from {{ cookiecutter.package_name }}.coordination.process import boot_id, pid_namespace
 
-from conftest import PACKAGE, PROJECT, Server, service_env
+from conftest import PACKAGE, PROJECT, Server, service_env, settings_from
 from support import eventually, run_scenario, wait_until
 
 
@@ -610,6 +612,95 @@ def test_the_ledger_prunes_old_runs_but_keeps_start_up_tasks_for_good(lock_path:
         await lock.release()
 
     run_scenario(scenario)
+
+
+def test_the_prune_keeps_each_jobs_latest_run_however_old(lock_path: Path) -> None:
+    """A monthly job's last run is more than 30 days old when the next one is due: pruned, the
+    job would run last month's period again. Old runs go only when their own job runs again."""
+    ledger_path = lock_path.with_name(f"{lock_path.name}.runs.sqlite3")
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        ledger = lock.run_ledger()
+        for job, period in [("monthly", "20260101T000000Z"), ("monthly", "20260201T000000Z")]:
+            assert await ledger.claim(job, period) == "claimed"
+            await ledger.finish(job, period)
+        with sqlite3.connect(ledger_path) as db:
+            db.execute("UPDATE runs SET updated = datetime('now', '-31 days')")
+        assert await ledger.claim("daily", "20260303T000000Z") == "claimed"
+        await ledger.finish("daily", "20260303T000000Z")  # another job: prunes nothing of "monthly"
+        assert await ledger.last_done("monthly") == "20260201T000000Z"
+        assert await ledger.is_done("monthly", "20260101T000000Z")
+
+        assert await ledger.claim("monthly", "20260301T000000Z") == "claimed"
+        await ledger.finish("monthly", "20260301T000000Z")  # its own next run prunes its old ones
+        assert not await ledger.is_done("monthly", "20260101T000000Z")
+        assert await ledger.last_done("monthly") == "20260301T000000Z"
+        with sqlite3.connect(ledger_path) as db:  # found by an index, not by reading every row
+            plan = db.execute(
+                "EXPLAIN QUERY PLAN DELETE FROM runs WHERE job = ? AND updated < ? AND period < ?",
+                ("monthly", "2026-01-01", "20260301T000000Z"),
+            ).fetchall()
+        assert "USING INDEX" in str(plan), plan
+        await lock.release()
+
+    run_scenario(scenario)
+
+
+def test_a_ledger_of_an_older_release_gets_the_index_and_keeps_its_runs(lock_path: Path) -> None:
+    ledger_path = lock_path.with_name(f"{lock_path.name}.runs.sqlite3")
+    with sqlite3.connect(ledger_path) as db:  # as the previous release created it
+        db.execute(
+            "CREATE TABLE runs (job TEXT NOT NULL, period TEXT NOT NULL, state TEXT NOT NULL,"
+            " epoch INTEGER NOT NULL, updated TEXT NOT NULL, PRIMARY KEY (job, period))"
+        )
+        db.execute("INSERT INTO runs VALUES ('report', '20260101T070000Z', 'done', 1, datetime('now'))")
+    ledger_path.chmod(0o600)
+
+    async def scenario() -> None:
+        lock = FileLock(lock_path)
+        assert await lock.try_acquire()
+        assert await lock.run_ledger().last_done("report") == "20260101T070000Z"
+        assert await lock.run_ledger().last_done("report") == "20260101T070000Z"  # created once only
+        await lock.release()
+
+    run_scenario(scenario)
+    with sqlite3.connect(ledger_path) as db:
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs_by_age'").fetchone()
+
+
+def test_the_primary_runs_a_start_up_task_again_when_the_ledger_lost_it(
+    lock_path: Path, lock_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger deleted under a running service: without this, the workers that ask it anew (a
+    replaced one) would be not ready until the next failover."""
+    monkeypatch.setattr(coordination_jobs, "STARTUP_RECHECK_SECONDS", 0.05)
+    settings = settings_from(lock_env)
+    runs: list[str] = []
+
+    async def migrate(run: StartupRun) -> None:
+        runs.append(run.key)
+
+    jobs = Jobs(settings, [], [StartupTask("migrate", migrate, "v1")])
+
+    async def scenario() -> None:
+        election = Election(FileLock(lock_path), [jobs.run_on_primary])
+        await election.start()
+        ledger = election.lock.run_ledger()
+
+        async def done() -> None:
+            while not await ledger.is_done("startup:migrate", "v1"):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(done(), 10)
+        lock_path.with_name(f"{lock_path.name}.runs.sqlite3").unlink()  # lost
+        await eventually(lambda: len(runs) == 2, "the task to run again")
+        await asyncio.wait_for(done(), 10)
+        await election.stop()
+
+    run_scenario(scenario)
+    assert runs == ["startup:migrate:v1", "startup:migrate:v1"]
 
 
 def test_a_lock_file_that_cannot_even_be_looked_at_is_not_verified(

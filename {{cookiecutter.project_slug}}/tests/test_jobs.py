@@ -14,11 +14,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from {{ cookiecutter.package_name }} import jobs
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Run, declared_jobs, scheduled
+from {{ cookiecutter.package_name }}.coordination import Run, Schedule, declared_jobs, scheduled, startup_task
+from {{ cookiecutter.package_name }}.coordination import jobs as jobs_module
+from {{ cookiecutter.package_name }}.coordination.jobs import StartupTask
 
 from conftest import Server
 from contract import FAILS_OVER_AT_ONCE
@@ -51,6 +54,44 @@ def test_the_decorators_leave_plain_functions_and_refuse_mistakes_at_import() ->
         scheduled("61 * * * *", name="typo")(report)
     with pytest.raises(ValueError, match="catch_up='some'"):
         scheduled("* * * * *", name="typo", catch_up="some")(report)  # type: ignore[arg-type]
+
+
+def plain(run: Any) -> None:
+    """A plain ``def``: it would run inside the event loop."""
+
+
+async def task(run: Any) -> None:
+    """A start-up task to declare."""
+
+
+@pytest.mark.parametrize(
+    ("declare", "message"),
+    [
+        (lambda: scheduled("* * * * *", name="x")(plain), "must be an async function"),  # type: ignore[type-var]
+        (lambda: startup_task(name="x")(plain), "must be an async function"),  # type: ignore[type-var]
+        (lambda: Schedule("* * * * *", timezone="Europe/Viena"), "no known time zone"),
+        (lambda: Schedule("* * * * *", timezone="localtime"), "name an IANA time zone"),
+        (lambda: Schedule("* * * * *", timezone=None), "name an IANA time zone"),  # type: ignore[arg-type]
+        (lambda: Schedule("0 0 30 2 *"), "never fires"),
+        (lambda: Schedule("* * * * *", timeout=float("nan")), "timeout=nan"),
+        (lambda: Schedule("* * * * *", catch_up_seconds="10"), "catch_up_seconds='10'"),  # type: ignore[arg-type]
+        (lambda: StartupTask("x", task, "1", timeout=-1), "timeout=-1"),
+        (lambda: StartupTask("x", task, "1", timeout=0), "timeout=0"),
+        (lambda: StartupTask("x", task, "1", timeout=float("nan")), "timeout=nan"),
+        (lambda: startup_task(name="x", version="")(task), "is empty"),
+    ],
+)
+def test_mistakes_in_a_declaration_are_refused_with_a_message(
+    declare: Callable[[], Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        declare()
+
+
+def test_version_0_is_a_version_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs_module, "_startup", {})
+    startup_task(name="x", version=0)(task)  # type: ignore[arg-type]
+    assert jobs_module._startup["x"].version == "0"
 
 
 def notes(path: Path) -> list[Note]:
@@ -252,13 +293,11 @@ def test_ready_is_503_on_every_worker_while_a_start_up_task_runs_then_200(
         assert answer["status"] == "starting" and "startup:gated:v1" in answer["pending"], answer
     assert server.get("/health/ready").status_code == 503
     assert server.get("/health").status_code == 200  # alive all along
-    assert job_status(server, "gated") == {
-        "name": "gated",
-        "kind": "startup",
-        "version": "v1",
-        "done": False,
-        "last_failure": None,
-    }
+    assert server.get("/health/ready/").status_code == 404  # never a redirect, which probes count as up
+    assert httpx.head(f"http://127.0.0.1:{server.port}/health/worker").status_code == 200
+    gated = job_status(server, "gated")
+    assert isinstance(gated.pop("running_since"), str | None)  # a time on the primary (test_run_ledger.py)
+    assert gated == {"name": "gated", "kind": "startup", "version": "v1", "done": False, "last_failure": None}
 
     gate.touch()
 

@@ -40,6 +40,9 @@ def create_app(settings: Settings | None = None, extra_services: Sequence[Single
         # The project's display name (double quotes made single, backslashes dropped).
         {% set title = cookiecutter.project_name | replace('\\', '') | replace('"', "'") | tojson %}title={{ title if title | length <= 90 else cookiecutter.project_slug | tojson }},
         lifespan=lifespan,
+        # "/health/ready/" must not answer 307 without checking anything (Kubernetes counts any 3xx
+        # as success): a path with a stray slash is 404, which a probe reports.
+        redirect_slashes=False,
     )
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # some load balancers probe with HEAD
@@ -63,7 +66,7 @@ def create_app(settings: Settings | None = None, extra_services: Sequence[Single
             return {**answer, "status": "starting", "pending": pending, "failing": failing}
         return {**answer, "status": "ready", "pending": []}
 
-    @app.get("/health/worker")
+    @app.api_route("/health/worker", methods=["GET", "HEAD"])
     async def worker_health(request: Request) -> dict[str, Any]:
         """The serving worker's role in the election, who holds the primary lock, and the jobs."""
         election: Election = request.app.state.election

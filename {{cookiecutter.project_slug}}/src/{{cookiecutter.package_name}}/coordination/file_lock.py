@@ -343,8 +343,8 @@ class FileRunLedger:
     Each claim is one SQLite transaction (``BEGIN IMMEDIATE`` takes SQLite's own write lock), so even
     two processes that both believe they are primary, in the second after someone replaced the lock
     file by hand, cannot both claim one period. Rows older than ``KEEP_DAYS`` are pruned, except the
-    runs of start-up tasks. The file follows the lock file's rules: private directory, no symbolic
-    link, the service's own, mode 0600.
+    latest of each job and the runs of start-up tasks. The file follows the lock file's rules:
+    private directory, no symbolic link, the service's own, mode 0600.
     """
 
     KEEP_DAYS = 30
@@ -410,9 +410,14 @@ class FileRunLedger:
         db.execute(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, 'done', ?, datetime('now'))", (job, period, epoch)
         )
-        db.execute(  # start-up tasks are kept: forgetting one would run it again
-            "DELETE FROM runs WHERE updated < datetime('now', ?) AND substr(job, 1, ?) != ?",
-            (f"-{self.KEEP_DAYS} days", len(STARTUP_JOB_PREFIX), STARTUP_JOB_PREFIX),
+        if job.startswith(STARTUP_JOB_PREFIX):
+            return  # start-up tasks are kept: forgetting one would run it again
+        # Old runs of this job only, and only those before this period: the job's latest run is
+        # always kept (a monthly job's last month, even when it is more than KEEP_DAYS old), or
+        # that period would be run again. Found through the index on (job, updated).
+        db.execute(
+            "DELETE FROM runs WHERE job = ? AND updated < datetime('now', ?) AND period < ?",
+            (job, f"-{self.KEEP_DAYS} days", period),
         )
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
@@ -431,6 +436,8 @@ class FileRunLedger:
                         " PRIMARY KEY (job, period))"
                     )
                     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    # Added later: a ledger created before gets it built on its first use.
+                    db.execute("CREATE INDEX IF NOT EXISTS runs_by_age ON runs (job, updated)")
                     db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
                     result = work(db, *args)
                 except BaseException:
