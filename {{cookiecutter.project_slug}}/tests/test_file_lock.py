@@ -21,7 +21,13 @@ from typing import Any
 import pytest
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Election, Jobs, LockError, StartupRun, is_primary_worker
+from {{ cookiecutter.package_name }}.coordination import (
+    Election,
+    Jobs,
+    LockError,
+    StartupRun,
+    is_primary_worker,
+)
 from {{ cookiecutter.package_name }}.coordination import jobs as coordination_jobs
 from {{ cookiecutter.package_name }}.coordination.file_lock import (
     FileLock,

@@ -19,7 +19,13 @@ import pytest
 
 from {{ cookiecutter.package_name }} import jobs
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Run, Schedule, declared_jobs, scheduled, startup_task
+from {{ cookiecutter.package_name }}.coordination import (
+    Run,
+    Schedule,
+    declared_jobs,
+    scheduled,
+    startup_task,
+)
 from {{ cookiecutter.package_name }}.coordination import jobs as jobs_module
 from {{ cookiecutter.package_name }}.coordination.jobs import StartupTask
 

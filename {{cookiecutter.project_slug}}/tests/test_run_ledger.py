@@ -12,7 +12,14 @@ from typing import Any, cast
 import pytest
 
 from {{ cookiecutter.package_name }}.config import Settings
-from {{ cookiecutter.package_name }}.coordination import Election, Jobs, Run, Schedule, StartupRun, make_lock
+from {{ cookiecutter.package_name }}.coordination import (
+    Election,
+    Jobs,
+    Run,
+    Schedule,
+    StartupRun,
+    make_lock,
+)
 from {{ cookiecutter.package_name }}.coordination import jobs as jobs_module
 from {{ cookiecutter.package_name }}.coordination.base import Claim, RunLedger
 from {{ cookiecutter.package_name }}.coordination.jobs import (
