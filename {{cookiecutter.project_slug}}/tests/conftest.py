@@ -191,7 +191,8 @@ class Server:
         return line
 
     def note_killed(self, pid: int) -> None:
-        """Record that the test killed ``pid``: it stopped being anything at this point of the log."""
+        """Record that the test kills ``pid`` now: call it right BEFORE the kill, so that a successor's
+        promotion, which the log reader may read a millisecond after the kill, comes after it."""
         with self._changed:
             self.events.append((pid, False))
             self.event_times.append(time.monotonic())

@@ -105,8 +105,8 @@ def test_deleted_lock_file_is_recreated_by_the_same_primary(
     server.wait_for_log("was deleted by hand; locking a new one")
     assert server.primaries() == {primary}
     # The standbys now wait on the new file: killing the primary still fails over at once.
-    os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
+    os.kill(primary, signal.SIGKILL)
     successor = server.wait_for_primary(timeout=10, among=standbys)
     wait_until(lambda: lock_file_pid(lock_path) == successor, "the successor's PID in the lock file")
     server.assert_never_two_primaries()

@@ -152,8 +152,8 @@ def test_a_job_runs_exactly_once_per_period_across_kill_9_and_a_reload(
 
     between_runs(runs)
     primary = server.wait_for_primary()
-    os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
+    os.kill(primary, signal.SIGKILL)
     done = len(ended(runs))
     wait_until(lambda: len(ended(runs)) >= done + 3, "3 runs by the successor", 60)
 
@@ -183,11 +183,11 @@ def test_a_job_runs_exactly_once_per_period_across_two_instances_kill_9_and_a_re
 
     def crash(primary: int, *, whole_instance: bool) -> None:
         owner = owner_of(primary, *instances)
+        owner.note_killed(primary)
         if whole_instance:
             os.killpg(owner.process.pid, signal.SIGKILL)  # the master and its workers: a host is gone
         else:
-            os.kill(primary, signal.SIGKILL)  # its master starts a new worker; the lease outlives it
-        owner.note_killed(primary)
+            os.kill(primary, signal.SIGKILL)  # its master starts a new worker
         done = len(ended(runs))
         wait_until(lambda: len(ended(runs)) >= done + 3, "3 runs by the next primary", 60)
 
@@ -226,8 +226,8 @@ def test_a_slow_job_never_overlaps_itself_even_across_a_failover(
         return last[0] == "start" and time.time() - last[3] > 0.3
 
     wait_until(in_mid_run, "a run in progress")
-    os.kill(primary, signal.SIGKILL)  # in mid-run: the successor runs that period again
     server.note_killed(primary)
+    os.kill(primary, signal.SIGKILL)  # in mid-run: the successor runs that period again
     killed_at = time.time()
     done = len(ended(runs))
     wait_until(lambda: len(ended(runs)) >= done + 3, "3 runs by the successor", 60)
@@ -326,8 +326,8 @@ def test_killing_the_primary_mid_task_ends_in_one_completed_run_by_the_next_prim
     wait_until(lambda: notes(runs), "the start-up task to start", 60)
     (_, _, first, _) = notes(runs)[0]
 
-    os.kill(first, signal.SIGKILL)
     server.note_killed(first)
+    os.kill(first, signal.SIGKILL)
     wait_until(lambda: len(notes(runs)) >= 2, "the next primary to run the task again", 60)
     assert all(answer["status"] == "starting" for answer in readiness_of_every_worker(server).values())
     gate.touch()
@@ -348,8 +348,8 @@ def test_a_restart_with_the_same_version_runs_nothing_and_a_new_version_runs_onc
         server = start_server("uvicorn", workers=3, env=task_env(tmp_path, version), **JOBS_APP)
         wait_until_every_worker_is_ready(server)
         primary = server.wait_for_primary()
-        os.kill(primary, signal.SIGKILL)  # a failover does not run it again either
         server.note_killed(primary)
+        os.kill(primary, signal.SIGKILL)  # a failover does not run it again either
         server.wait_for_primary(timeout=15)
         wait_until_every_worker_is_ready(server)
         server.stop()

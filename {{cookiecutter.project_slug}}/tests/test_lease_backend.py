@@ -84,9 +84,9 @@ def test_kill_9_of_the_primary_among_four_workers_of_one_server_fails_over_at_on
     primary = server.wait_for_primary()
     standbys.discard(primary)
 
+    server.note_killed(primary)
     os.kill(primary, signal.SIGKILL)
     killed_at = time.monotonic()
-    server.note_killed(primary)
 
     new_primary = server.wait_for_primary(timeout=TTL + SLACK, among=standbys)
     assert server.event_time(new_primary, True) - killed_at < AT_ONCE

@@ -61,8 +61,8 @@ def test_a_crash_of_the_primary_neither_duplicates_nor_loses_a_period(
     # (same Message-ID), which is the documented at-least-once edge, not what this test is about.
     wait_until(lambda: time.monotonic() - smtp_sink.last_delivery > 0.5, "a moment between two sends")
 
-    os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
+    os.kill(primary, signal.SIGKILL)
     sent_before = len(set(smtp_sink.periods()))
 
     # The successor sends what was missed while nobody was primary, then carries on.
@@ -84,8 +84,8 @@ def test_a_crash_after_the_mail_server_took_a_report_resends_it_with_the_same_me
         # mark the period done in the ledger: the at-least-once edge of any mail sender.
         if not killed:
             killed.append(message)
-            os.kill(primary, signal.SIGKILL)
             server.note_killed(primary)
+            os.kill(primary, signal.SIGKILL)
 
     smtp_sink.before_accepting = kill_the_sender
     wait_until(lambda: len(set(smtp_sink.periods())) >= len(killed) + 6, "the successor's reports", 60)
@@ -260,6 +260,8 @@ def test_an_error_flood_keeps_memory_and_digests_bounded(
     server = start_server("uvicorn", workers=1, env=env, app="apps:noisy_app", extra=("--factory",))
     (worker,) = server.live_workers()
     with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as client:
+        # Ready first: the start-up task (with PostgreSQL, a migration that loads Alembic) has run.
+        wait_until(lambda: client.get("/health/ready").status_code == 200, "the worker to be ready")
         client.get("/errors", params={"count": 2000, "distinct": True})  # warm up the worker
         before = resident_kib(worker)
         for batch in range(50):  # 100,000 records, every one a different message

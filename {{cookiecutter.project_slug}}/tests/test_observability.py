@@ -36,8 +36,8 @@ def test_primary_worker_status_sums_to_one_before_and_after_a_kill(
         status = primary_status(server)
         assert set(status) == workers and status[primary] == 1 and sum(status.values()) == 1
 
-    os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
+    os.kill(primary, signal.SIGKILL)
     successor = server.wait_for_primary()
 
     def settled() -> dict[int, float] | None:

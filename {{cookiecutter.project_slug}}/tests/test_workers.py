@@ -54,8 +54,8 @@ def test_standby_takes_over_after_kill_9_before_any_restart(
     primary = server.wait_for_primary()
     standbys.discard(primary)
 
-    os.kill(primary, signal.SIGKILL)
     server.note_killed(primary)
+    os.kill(primary, signal.SIGKILL)
 
     # A backend that fails over at once (the file lock: the kernel drops a dead holder's lock; a
     # lease: the standbys prove that a worker of their own server died) makes one of the workers
