@@ -102,6 +102,13 @@ def runner(settings: Settings, election: Election, schedule: Schedule) -> JobRun
     return JobRunner(job, election, Jobs(settings, [job], []))
 
 
+async def record_done(ledger: RunLedger, job: str, period: datetime) -> None:
+    """The ledger's record that ``job`` ran ``period`` (claimed and finished, as a primary does)."""
+    key = period.strftime(PERIOD_FORMAT)
+    assert await ledger.claim(job, key) == "claimed"
+    await ledger.finish(job, key)
+
+
 EVERY_SECOND = "* * * * * *"
 
 
@@ -115,9 +122,7 @@ def test_catch_up_sends_recent_missed_periods_and_skips_older_ones(
         await election.start()
         now = datetime.now(UTC).replace(microsecond=0)
         ledger = election.lock.run_ledger()
-        last_sent = f"{(now - timedelta(seconds=60)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim("report", last_sent) == "claimed"
-        await ledger.finish("report", last_sent)
+        await record_done(ledger, "report", now - timedelta(seconds=60))
 
         due = await runner(settings, election, Schedule(EVERY_SECOND, catch_up_seconds=10)).due_periods(now)
 
@@ -142,9 +147,7 @@ def test_catch_up_policies(lock_env: dict[str, str], policy: str, expected: int)
         await election.start()
         now = datetime.now(UTC).replace(microsecond=0)
         ledger = election.lock.run_ledger()
-        last = f"{(now - timedelta(seconds=60)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim("report", last) == "claimed"
-        await ledger.finish("report", last)
+        await record_done(ledger, "report", now - timedelta(seconds=60))
         schedule = Schedule(EVERY_SECOND, catch_up=policy, catch_up_seconds=10)  # type: ignore[arg-type]
 
         due = await runner(settings, election, schedule).due_periods(now)
@@ -244,9 +247,7 @@ def test_with_no_catch_up_the_current_period_is_still_sent(lock_env: dict[str, s
         job = runner(settings, election, schedule)
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         ledger = election.lock.run_ledger()
-        last = f"{(now - timedelta(seconds=10)).strftime(PERIOD_FORMAT)}"
-        assert await ledger.claim("report", last) == "claimed"
-        await ledger.finish("report", last)
+        await record_done(ledger, "report", now - timedelta(seconds=10))
 
         # The run starts a moment after its period: that period is the current one, not a missed one.
         due = await job.due_periods(now + timedelta(milliseconds=300))
@@ -324,9 +325,7 @@ def test_catch_up_latest_runs_only_the_newest_even_after_more_than_a_thousand_mi
         await election.start()
         now = datetime.now(UTC).replace(microsecond=0)
         ledger = election.lock.run_ledger()
-        last = (now - timedelta(seconds=3000)).strftime(PERIOD_FORMAT)
-        assert await ledger.claim("report", last) == "claimed"
-        await ledger.finish("report", last)
+        await record_done(ledger, "report", now - timedelta(seconds=3000))
         schedule = Schedule(EVERY_SECOND, catch_up="latest", catch_up_seconds=3600)
 
         assert await runner(settings, election, schedule).due_periods(now) == [now]
