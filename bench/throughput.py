@@ -199,6 +199,17 @@ def wait_until_quiet(limit: float, timeout: float = 600.0) -> float:
     return time.monotonic() - start
 
 
+def round_line(run: dict) -> str:
+    """One measured round, as both modes print it."""
+    return (
+        f"{run['req_per_s']:6.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
+        f"server CPU {run['cpu_us_per_req']:.0f} µs/req, "
+        f"other processes {run['other_cpu_pct']:.0f}% of a core, "
+        f"errors {run['socket_errors'] + run['non_2xx']}, "
+        f"waited {run['waited_for_quiet_s']:.0f} s for quiet"
+    )
+
+
 def measure(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     """Warm up, then one measured wrk run, with the CPU time of the server, of wrk, and of the rest
     of the machine (other processes: noise) during it."""
@@ -411,15 +422,7 @@ def main() -> None:
                 for server in (ours, plain):
                     run = measure(server, args)
                     runs[server.name].append(run)
-                    print(
-                        f"round {i + 1}/{args.rounds} {server.name:5}: {run['req_per_s']:6.0f} req/s, "
-                        f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-                        f"server CPU {run['cpu_us_per_req']:.0f} µs/req, "
-                        f"other processes {run['other_cpu_pct']:.0f}% of a core, "
-                        f"errors {run['socket_errors'] + run['non_2xx']}, "
-                        f"waited {run['waited_for_quiet_s']:.0f} s for quiet",
-                        flush=True,
-                    )
+                    print(f"round {i + 1}/{args.rounds} {server.name:5}: {round_line(run)}", flush=True)
             primaries = ours.log.read_text().count("primary=True")
             for server in servers:
                 server.stop()
@@ -495,15 +498,7 @@ def request_metrics(args: argparse.Namespace, info: dict[str, Any], server_cpus:
                 for server in servers:
                     run = measure(server, args)
                     runs[server.name].append(run)
-                    print(
-                        f"round {i + 1}/{args.rounds} {server.name:18}: {run['req_per_s']:6.0f} req/s, "
-                        f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-                        f"server CPU {run['cpu_us_per_req']:.0f} µs/req, "
-                        f"other processes {run['other_cpu_pct']:.0f}% of a core, "
-                        f"errors {run['socket_errors'] + run['non_2xx']}, "
-                        f"waited {run['waited_for_quiet_s']:.0f} s for quiet",
-                        flush=True,
-                    )
+                    print(f"round {i + 1}/{args.rounds} {server.name:18}: {round_line(run)}", flush=True)
             exposed = {server.name: rm.exposes(server.port, server.name) for server in servers}
             for server in servers:
                 server.stop()
