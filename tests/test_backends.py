@@ -20,7 +20,6 @@ CONTRACT_NAMES = [
     "BACKEND = ",
     "BAD_SETTINGS = ",
     "FAILS_OVER_AT_ONCE = ",
-    "SEVERAL_HOSTS = ",
     "def backend_server(",
     "def lock_env(",
     "def fresh_lock_env(",

@@ -18,8 +18,6 @@ BACKEND = "file"
 FAILS_OVER_AT_ONCE = True
 """A standby takes over the moment the primary dies (the kernel drops its lock): the new primary is
 always one of the workers that were already running."""
-SEVERAL_HOSTS = False
-"""A kernel lock of one host: there is no second instance elsewhere to test against."""
 BAD_SETTINGS = [
     ("LOCK_PATH", "primary.lock", "invalid setting LOCK_PATH='primary.lock': must be an absolute path"),
     ("LOCK_PATH", "/tmp/../etc/x.lock", "invalid setting LOCK_PATH='/tmp/../etc/x.lock': must name a file"),

@@ -40,8 +40,6 @@ FAILS_OVER_AT_ONCE = True
 """When the crashed primary was a worker of the same server (the same host and pid namespace), its
 standbys prove it dead and take over at once, before the server has replaced it (``lease.py``). A
 primary on another host or in another container is waited out: its lease must run out first."""
-SEVERAL_HOSTS = True
-"""Instances on several hosts (or containers) share one lock scope: the tests run two servers."""
 BAD_SETTINGS = [
     ("DATABASE_URL", "mysql://u:pw@db/app", "invalid setting DATABASE_URL=<hidden>: must be a postgresql://"),
     (

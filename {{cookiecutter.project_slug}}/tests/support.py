@@ -80,7 +80,8 @@ def both_instances(
     start_server: Callable[..., Server], kind: str = "uvicorn", **options: Any
 ) -> tuple[Server, Server]:
     """Two servers (two uvicorn or gunicorn masters, 2 workers each, as two containers or hosts would
-    be) in one lock scope (lease backends: the same Redis or database and key prefix)."""
+    be) in one lock scope: the same lock file (containers sharing its volume), or the same Redis or
+    database and key prefix."""
     return start_server(kind, workers=2, **options), start_server(kind, workers=2, **options)
 
 

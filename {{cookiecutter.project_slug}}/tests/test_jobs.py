@@ -30,7 +30,6 @@ from {{ cookiecutter.package_name }}.coordination import jobs as jobs_module
 from {{ cookiecutter.package_name }}.coordination.jobs import StartupTask
 
 from conftest import Server
-from contract import SEVERAL_HOSTS
 from support import (
     assert_one_primary_at_a_time,
     both_instances,
@@ -169,7 +168,6 @@ def test_a_job_runs_exactly_once_per_period_across_kill_9_and_a_reload(
     server.assert_never_two_primaries()
 
 
-@pytest.mark.skipif(not SEVERAL_HOSTS, reason="one host: no second instance to run")
 def test_a_job_runs_exactly_once_per_period_across_two_instances_kill_9_and_a_reload(
     start_server: Callable[..., Server], tmp_path: Path
 ) -> None:
