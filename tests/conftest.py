@@ -29,6 +29,35 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.template = str(ROOT)
 
 
+# The generated suites by how long each takes, longest first (the postgres one starts a database).
+SLOWEST_GENERATED_FIRST = ["postgres", "redis", "file"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start every generated suite at once, each on a worker of its own.
+
+    They take minutes where every other test takes seconds, so the run lasts as long as the slowest
+    one started last. pytest-xdist's worksteal gives each of its N workers one consecutive slice of
+    this list, then lets an idle worker take tests from the end of a busy one's slice: put one suite at
+    the head of each slice, longest first (any more right after the first). Without xdist: all first.
+    """
+
+    def slowness(item: pytest.Item) -> int:
+        ranks = (rank for rank, name in enumerate(SLOWEST_GENERATED_FIRST) if f"[{name}" in item.name)
+        return next(ranks, len(SLOWEST_GENERATED_FIRST))
+
+    generated = sorted((item for item in items if item.get_closest_marker("generated")), key=slowness)
+    ordered = [item for item in items if not item.get_closest_marker("generated")]
+    heads, start, left = [], 0, len(items)  # where each worker's slice begins: left // workers to go
+    for workers in range(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 0, -1):
+        heads.append(start)
+        start, left = start + left // workers, left - left // workers
+    positions = heads[: len(generated)] + list(range(1, 1 + len(generated) - len(heads)))
+    for position, suite in sorted(zip(positions, generated, strict=True), key=lambda pair: pair[0]):
+        ordered.insert(position, suite)
+    items[:] = ordered
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _rendered_hooks_in_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Cookiecutter writes every rendered hook to a temporary file it never deletes: put those under
@@ -107,6 +136,12 @@ def backend_only_files(scratch: Path, **answers: Any) -> dict[str, list[str]]:
     script = render_hook("post_gen_project", default_context(**answers), scratch)
     table: dict[str, list[str]] = runpy.run_path(str(script), run_name="table_only")["BACKEND_ONLY_FILES"]
     return table
+
+
+@pytest.fixture(scope="session")
+def mypy_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this test process keeps mypy's caches (see test_bake.assert_mypy_clean)."""
+    return tmp_path_factory.mktemp("mypy-caches")
 
 
 @pytest.fixture
