@@ -282,6 +282,51 @@ def test_a_read_only_user_is_refused_with_the_fix(
     assert asyncio.run(is_primary_worker(settings)) == (False, None)
 
 
+def test_a_server_without_a_connection_to_spare_is_named_as_such(
+    lock_env: dict[str, str], backend_server: PostgresServer
+) -> None:
+    """"too many clients" is not "cannot reach": the server is up, and the fix is its connection limit."""
+    role = new_role(backend_server, "pw", "CONNECTION LIMIT 0")
+    settings = settings_from({**lock_env, "DATABASE_URL": backend_server.url_for(role, "pw")})
+
+    async def scenario() -> None:
+        lock = postgres_lock(settings)
+        with pytest.raises(LockError, match=r"no connection to spare .*too many connections.*max_conn"):
+            await lock.try_acquire()
+        assert not lock.is_held()
+        await lock.close()
+
+    run_scenario(scenario)
+
+
+def test_reads_survive_sessions_the_server_ended_while_they_were_idle(
+    lock_env: dict[str, str], backend_server: PostgresServer
+) -> None:
+    """A DBA, a failover or a proxy ends the idle sessions: the next status read and ledger read
+    (what /health/worker and /health/ready ask) answer on a new session instead of failing once;
+    a standby's attempt says what happened, not "cannot reach"."""
+    settings = settings_from(lock_env)
+
+    async def scenario() -> None:
+        primary, standby = postgres_lock(settings), postgres_lock(settings)
+        assert await primary.try_acquire() and not await standby.try_acquire()
+        ledger = postgres_lock_ledger(primary)
+        assert (await primary.read_holder()) is not None and not await ledger.is_done("report", "p")
+        with backend_server.admin() as conn:
+            query = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = %s"
+            ended = conn.execute(query, (f"{settings.lock_key_prefix} primary lock",)).fetchall()
+            assert len(ended) == 3  # the primary's lock session and its reader, the standby's session
+
+        assert not await ledger.is_done("report", "p")
+        assert await primary.read_holder() is None  # answered: the lock went with the ended session
+        with pytest.raises(LockError, match=r"PostgreSQL ended the session of .*a new session is opened"):
+            await standby.try_acquire()
+        await primary.close()
+        await standby.close()
+
+    run_scenario(scenario)
+
+
 def test_a_user_without_create_is_refused_until_granted_or_given_tables(
     fresh_lock_env: dict[str, str], backend_server: PostgresServer
 ) -> None:

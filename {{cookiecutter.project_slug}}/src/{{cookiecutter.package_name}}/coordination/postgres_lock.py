@@ -213,6 +213,9 @@ class _Slot:
     prepare: Callable[[Connection], Awaitable[None]] | None = None
     """Run on a new connection before its first operation (checks, tables)."""
     autocommit: bool = True
+    reads_only: bool = False
+    """Its operations only read: one that finds the idle connection ended by the server meanwhile (a
+    restart, an administrator, a proxy) is tried once more on a new connection."""
     conn: Connection | None = None
     ready: bool = False
     in_use: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -237,7 +240,7 @@ class PostgresLock(LeaseLock):
         self._session = _Slot(prepare=self._prepare_session)
         # Reads for status and /health/worker go through a connection of their own, so that they
         # never wait for (nor delay) a renewal.
-        self._reader = _Slot()
+        self._reader = _Slot(reads_only=True)
         self._abandoned: set[asyncio.Future[Any]] = set()
 
     # -- the lease ----------------------------------------------------------------------------------
@@ -441,6 +444,24 @@ class PostgresLock(LeaseLock):
         keeps its advisory lock until it ends, which only makes the others wait.
         """
         slot = slot or self._session
+        async with slot.in_use:
+            reused = slot.conn is not None and not slot.conn.closed
+            try:
+                return await self._call_once(operation, slot, bounded, keep_if_cancelled)
+            except LockError as error:
+                broken = slot.conn is None and isinstance(error.__cause__, psycopg.OperationalError)
+                if not (slot.reads_only and reused and broken):  # ended while idle: read again
+                    raise
+            return await self._call_once(operation, slot, bounded, keep_if_cancelled)
+
+    async def _call_once(
+        self,
+        operation: Callable[[Connection], Awaitable[T]],
+        slot: _Slot,
+        bounded: bool,
+        keep_if_cancelled: bool,
+    ) -> T:
+        """``call``'s one attempt, with ``slot`` in use."""
 
         async def run(conn: Connection) -> T:
             if not slot.ready and slot.prepare is not None:
@@ -452,34 +473,33 @@ class PostgresLock(LeaseLock):
                 slot.ready = True
             return await operation(conn)
 
-        async with slot.in_use:
-            try:
-                if slot.conn is None or slot.conn.closed:
-                    connect = psycopg.AsyncConnection.connect(self.conninfo, autocommit=slot.autocommit)
-                    slot.conn, slot.ready = await connect, False
-                running = asyncio.ensure_future(run(slot.conn))
-                async with asyncio.timeout(self.timeout if bounded else None):
-                    try:
-                        return await asyncio.shield(running)
-                    except asyncio.CancelledError:
-                        with suppress(asyncio.CancelledError):
-                            await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
-                        if not (keep_if_cancelled and running.done()):
-                            self._abandon(slot, running)
-                        elif not running.cancelled():
-                            running.exception()  # retrieved: the cancellation is what the caller sees
-                        raise
-            except TimeoutError:
-                raise LockError(
-                    f"PostgreSQL did not answer within {self.timeout:g} s for the {self.location}; "
-                    f"{self.check_store}"
-                ) from None
-            except psycopg.Error as exc:
-                if isinstance(exc, errors.UndefinedTable):
-                    slot.ready = False  # dropped by hand: created again before the next operation
-                if slot.conn is not None and slot.conn.broken:
-                    await self._close(slot)
-                raise self._translate(exc) from exc
+        try:
+            if slot.conn is None or slot.conn.closed:
+                connect = psycopg.AsyncConnection.connect(self.conninfo, autocommit=slot.autocommit)
+                slot.conn, slot.ready = await connect, False
+            running = asyncio.ensure_future(run(slot.conn))
+            async with asyncio.timeout(self.timeout if bounded else None):
+                try:
+                    return await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    with suppress(asyncio.CancelledError):
+                        await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
+                    if not (keep_if_cancelled and running.done()):
+                        self._abandon(slot, running)
+                    elif not running.cancelled():
+                        running.exception()  # retrieved: the cancellation is what the caller sees
+                    raise
+        except TimeoutError:
+            raise LockError(
+                f"PostgreSQL did not answer within {self.timeout:g} s for the {self.location}; "
+                f"{self.check_store}"
+            ) from None
+        except psycopg.Error as exc:
+            if isinstance(exc, errors.UndefinedTable):
+                slot.ready = False  # dropped by hand: created again before the next operation
+            if slot.conn is not None and slot.conn.broken:
+                await self._close(slot)
+            raise self._translate(exc) from exc
 
     def _abandon(self, slot: _Slot, running: asyncio.Future[Any]) -> None:
         """Leave ``slot``'s connection to ``running`` and close it once that is done."""
@@ -545,6 +565,15 @@ class PostgresLock(LeaseLock):
         if "authentication failed" in text or isinstance(exc, errors.InvalidAuthorizationSpecification):
             fix = "check the user name and password in DATABASE_URL"
             return LockError(f"PostgreSQL refused the credentials for {where}: {text}; {fix}")
+        if "too many connections" in text or "too many clients" in text or "slots are reserved" in text:
+            fix = (
+                "every worker keeps one connection: raise max_connections (or the CONNECTION LIMIT of "
+                "the user or database), or run fewer workers"
+            )
+            return LockError(f"PostgreSQL has no connection to spare for {where}: {text}; {fix}")
+        if isinstance(exc, errors.OperatorIntervention) or "terminating connection" in text:
+            fix = "a new session is opened at the next attempt"  # the text says why it ended
+            return LockError(f"PostgreSQL ended the session of {where}: {text}; {fix}")
         if isinstance(exc, psycopg.OperationalError):
             return LockError(f"cannot reach PostgreSQL for {where}: {text}; {self.check_store}")
         return LockError(f"PostgreSQL failed for {where}: {text}; check PostgreSQL and DATABASE_URL")
