@@ -567,8 +567,8 @@ class PostgresLock(LeaseLock):
             return LockError(f"PostgreSQL refused the credentials for {where}: {text}; {fix}")
         if "too many connections" in text or "too many clients" in text or "slots are reserved" in text:
             fix = (
-                "every worker keeps one connection: raise max_connections (or the CONNECTION LIMIT of "
-                "the user or database), or run fewer workers"
+                "every worker keeps up to three connections, more while jobs run: raise max_connections "
+                "(or the CONNECTION LIMIT of the user or database), or run fewer workers"
             )
             return LockError(f"PostgreSQL has no connection to spare for {where}: {text}; {fix}")
         if isinstance(exc, errors.OperatorIntervention) or "terminating connection" in text:
