@@ -285,7 +285,7 @@ def test_a_read_only_user_is_refused_with_the_fix(
 def test_a_server_without_a_connection_to_spare_is_named_as_such(
     lock_env: dict[str, str], backend_server: PostgresServer
 ) -> None:
-    """"too many clients" is not "cannot reach": the server is up, and the fix is its connection limit."""
+    """Not "cannot reach": the server is up and answers "too many clients"; the fix is a limit."""
     role = new_role(backend_server, "pw", "CONNECTION LIMIT 0")
     settings = settings_from({**lock_env, "DATABASE_URL": backend_server.url_for(role, "pw")})
 
