@@ -302,13 +302,7 @@ def test_a_quick_redis_restart_that_loses_the_lease_never_makes_two_primaries(
     owner = first if old_primary in first.worker_pids() else second
     owner.wait_for_log(rf"Worker role change: pid={old_primary}, primary=False", timeout=TTL + SLACK)
     single_primary(first, second)  # whoever wins, once the old primary has stepped down
-    # Merge both instances' role changes by the time they were read: never two primaries at once.
-    merged = sorted(
-        (when, event)
-        for server in (first, second)
-        for event, when in zip(server.events, server.event_times, strict=True)
-    )
-    assert_one_primary_at_a_time([event for _, event in merged])
+    assert_one_primary_at_a_time(merged_events(first, second))
 
 
 @pytest.mark.parametrize("how", ["DEL", "FLUSHDB"])
