@@ -442,6 +442,9 @@ class PostgresLock(LeaseLock):
         moment; after that its connection is abandoned to it rather than cancelled, because psycopg
         would wait up to 10 s for an unresponsive server to confirm the cancel. The abandoned session
         keeps its advisory lock until it ends, which only makes the others wait.
+
+        Only a slot that ``reads_only`` tries again, once: the server may end an idle session at any
+        time, and a read repeats safely; a write or a lock operation reports the loss instead.
         """
         slot = slot or self._session
         async with slot.in_use:
