@@ -83,8 +83,9 @@ def run(cmd: list[str], cwd: Path, *, timeout: float = 300, **env: str) -> subpr
 
 
 def run_in_own_session(cmd: list[str], cwd: Path, *, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
-    """``run``, for a command that starts servers of its own: on a timeout its whole process group is
-    killed (servers and all), not only the command, and the output so far is shown."""
+    """``run``, for a command that starts servers of its own (a pytest run): on a timeout it is
+    interrupted (Ctrl+C: pytest tears its fixtures down, and stops the servers they started in
+    sessions of their own), then its whole process group is killed, and the output so far is shown."""
     process = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -98,8 +99,12 @@ def run_in_own_session(cmd: list[str], cwd: Path, *, timeout: float, **env: str)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
         raise AssertionError(f"{' '.join(cmd)} timed out after {timeout:.0f} s:\n{output[-6000:]}") from None
     finally:
         with contextlib.suppress(ProcessLookupError):
