@@ -173,9 +173,11 @@ def test_errors_of_several_workers_become_one_collapsed_digest_per_worker_and_wi
     assert len(logged) >= 2, f"the requests reached only {set(logged)}"
     for pid, count in logged.items():  # every record counted once, in the digests of its own worker
         assert sum(records for sender, records, _, _ in found if sender == pid) == count, pid
-    for pid in logged:  # at most one digest per worker and window (2 s; a little jitter allowed)
-        times = sorted(arrived for sender, _, _, arrived in periodic if sender == pid)
-        assert len(times) >= 2, f"worker {pid} mailed {len(times)} digests in three windows"
+    # At most one digest per worker and window (2 s; a little jitter allowed). A worker the kernel
+    # handed requests in one window only mails once: the spacing is checked wherever there is one.
+    mailed = {pid: sorted(arrived for sender, _, _, arrived in periodic if sender == pid) for pid in logged}
+    assert max(map(len, mailed.values())) >= 2, f"no worker mailed twice in three windows: {mailed}"
+    for pid, times in mailed.items():
         assert all(later - earlier > 1.6 for earlier, later in pairwise(times)), (pid, times)
     for pid, _, role, _ in found:
         assert role == ("primary" if pid == primary else "standby")
