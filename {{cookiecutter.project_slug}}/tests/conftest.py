@@ -177,7 +177,9 @@ class Server:
             answers[answer["pid"]] = answer
             return self.live_workers() <= set(answers)
 
-        wait_until(every_worker_answered, f"an answer from each of the {self.workers} workers")
+        # Which worker accepts a new connection is the kernel's choice: on a loaded machine a busy one
+        # can lose the race for many seconds, so this waits longer than the usual deadline.
+        wait_until(every_worker_answered, f"an answer from each of the {self.workers} workers", 2 * DEADLINE)
         return answers
 
     def wait_for_log(self, pattern: str, timeout: float = DEADLINE) -> str:
