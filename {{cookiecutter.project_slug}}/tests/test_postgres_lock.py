@@ -88,6 +88,19 @@ def new_role(server: PostgresServer, password: str, *options: str) -> str:
     return name
 
 
+def assert_attempt_refused(settings: Settings, reason: str) -> None:
+    """An attempt at the lock fails with a LockError matching ``reason``, and holds nothing."""
+
+    async def scenario() -> None:
+        lock = postgres_lock(settings)
+        with pytest.raises(LockError, match=reason):
+            await lock.try_acquire()
+        assert not lock.is_held()
+        await lock.close()
+
+    run_scenario(scenario)
+
+
 # -- Many instances, one primary -----------------------------------------------------------------
 
 
@@ -271,14 +284,7 @@ def test_a_read_only_user_is_refused_with_the_fix(
         )
     settings = settings_from({**lock_env, "DATABASE_URL": backend_server.url_for(role, "pw")})
 
-    async def scenario() -> None:
-        lock = postgres_lock(settings)
-        with pytest.raises(LockError, match=r"read-only .*default_transaction_read_only"):
-            await lock.try_acquire()
-        assert not lock.is_held()
-        await lock.close()
-
-    run_scenario(scenario)
+    assert_attempt_refused(settings, r"read-only .*default_transaction_read_only")
     assert asyncio.run(is_primary_worker(settings)) == (False, None)
 
 
@@ -288,15 +294,7 @@ def test_a_server_without_a_connection_to_spare_is_named_as_such(
     """Not "cannot reach": the server is up and answers "too many clients"; the fix is a limit."""
     role = new_role(backend_server, "pw", "CONNECTION LIMIT 0")
     settings = settings_from({**lock_env, "DATABASE_URL": backend_server.url_for(role, "pw")})
-
-    async def scenario() -> None:
-        lock = postgres_lock(settings)
-        with pytest.raises(LockError, match=r"no connection to spare .*too many connections.*max_conn"):
-            await lock.try_acquire()
-        assert not lock.is_held()
-        await lock.close()
-
-    run_scenario(scenario)
+    assert_attempt_refused(settings, r"no connection to spare .*too many connections.*max_conn")
 
 
 def test_reads_survive_sessions_the_server_ended_while_they_were_idle(
